@@ -1,0 +1,80 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+The master validates the configuration and migrates the database once; each gevent worker then
+makes psycopg2 cooperative before the application (and its connection pool) is created.
+"""
+
+# Patch before anything imports ssl or socket: the gevent worker would patch too late otherwise.
+from gevent import monkey
+
+monkey.patch_all()
+
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+
+from incident_app import migrate
+from incident_app.logs import JsonFormatter
+from incident_app.settings import Settings, SettingsError
+
+try:
+    settings = Settings.from_env()
+except SettingsError as exc:
+    sys.exit(f"configuration error: {exc}")
+
+bind = f"0.0.0.0:{settings.service_port}"
+worker_class = "gevent"
+# One gevent worker per core serves many requests at once; WEB_CONCURRENCY overrides the count.
+workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+worker_connections = 1000
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# The service logs each request itself (JSON, with the request id); no second access log.
+accesslog = None
+errorlog = "-"
+loglevel = settings.log_level.lower()
+# gunicorn 27 otherwise opens a control socket in the home directory, which may be read-only.
+control_socket_disable = True
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": JsonFormatter}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": settings.log_level},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": settings.log_level, "propagate": False},
+        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+    },
+}
+
+MIGRATION_WAIT_SECONDS = 60
+
+
+def on_starting(server):
+    """Migrate once, in the master, before any worker serves. Waits for a database still starting."""
+    log = logging.getLogger("gunicorn.error")
+    deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            migrate.upgrade(settings)
+            log.info("database schema at %s", migrate.head_revision())
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure is retried until the deadline
+            if time.monotonic() > deadline:
+                log.error("database migration failed: %s", exc)
+                raise
+            log.warning("database not ready for migration (%s); retrying", exc.__class__.__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def post_fork(server, worker):
+    # Before the app exists: every psycopg2 connection it opens will yield to gevent while waiting.
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()

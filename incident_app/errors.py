@@ -1,0 +1,105 @@
+"""Domain exceptions and the one JSON error shape every path answers with.
+
+`{"code": 404, "status": "Not Found", "message": "…"}`, plus `"errors": {field: [messages]}`
+for validation errors. Never an HTML page, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from incident_app.lifecycle import InvalidTransition
+
+log = logging.getLogger(__name__)
+
+
+class IncidentNotFound(Exception):
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(f"incident {incident_id} not found")
+
+
+class NothingToUpdate(Exception):
+    def __init__(self) -> None:
+        super().__init__("nothing to update: give at least one of status, assigned_to, note")
+
+
+class Unauthorized(Exception):
+    def __init__(self) -> None:
+        super().__init__("missing or invalid API key: send Authorization: Bearer <key>")
+
+
+def error_body(code: int, message: str, errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def _respond(code: int, message: str, errors: dict[str, Any] | None = None, headers: dict | None = None):
+    response = jsonify(error_body(code, message, errors))
+    response.status_code = code
+    response.headers.update(headers or {})
+    return response
+
+
+def _flatten(errors: dict[str, Any]) -> dict[str, Any]:
+    """webargs nests errors by location ({"json": {"title": [...]}}): the client wants fields."""
+    flat: dict[str, Any] = {}
+    for location, fields in errors.items():
+        if isinstance(fields, dict):
+            flat.update(fields)
+        else:
+            flat[location] = fields
+    return flat
+
+
+def handle_http_exception(error: HTTPException):
+    data = getattr(error, "data", None) or {}
+    errors = data.get("errors") or data.get("messages")
+    code = error.code or 500
+    if errors:
+        errors = _flatten(errors)
+        message = data.get("message") or "invalid input: see errors"
+    else:
+        message = data.get("message") or error.description or HTTPStatus(code).phrase
+    headers = dict(data.get("headers") or {})
+    if code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+        headers["Allow"] = ", ".join(error.valid_methods)
+    return _respond(code, message, errors, headers)
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(IncidentNotFound, lambda e: _respond(404, str(e)))
+    app.register_error_handler(NothingToUpdate, lambda e: _respond(400, str(e)))
+    app.register_error_handler(
+        InvalidTransition,
+        lambda e: _respond(400, str(e), {"status": [f"{e.current} → {e.requested} is not allowed"]}),
+    )
+    app.register_error_handler(
+        Unauthorized, lambda e: _respond(401, str(e), headers={"WWW-Authenticate": "Bearer"})
+    )
+
+    @app.errorhandler(sa.exc.DataError)
+    def _unstorable(error: sa.exc.DataError):
+        # Validation should have caught it; if the database still refuses a value, it is the input.
+        log.warning("database refused a value: %s", error.orig)
+        return _respond(422, "a value cannot be stored")
+
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    @app.errorhandler(sa.exc.TimeoutError)
+    def _database_unavailable(error: Exception):
+        log.error("database unavailable: %s", error.__class__.__name__, exc_info=error)
+        return _respond(503, "database unavailable, try again shortly", headers={"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        return _respond(500, "internal server error")

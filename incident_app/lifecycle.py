@@ -1,0 +1,71 @@
+"""The incident's rules, with no I/O: severities, statuses and which transitions are allowed."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Severity(str, enum.Enum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Status(str, enum.Enum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+UNRESOLVED: tuple[str, ...] = (Status.OPEN.value, Status.ACKNOWLEDGED.value)
+
+# to → the statuses it may be reached from.
+_ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    Status.ACKNOWLEDGED.value: (Status.OPEN.value,),
+    Status.RESOLVED.value: (Status.OPEN.value, Status.ACKNOWLEDGED.value),
+    Status.OPEN.value: (),
+}
+
+
+class InvalidTransition(Exception):
+    """A status change the lifecycle forbids; says what would have been allowed instead."""
+
+    def __init__(self, current: str, requested: str) -> None:
+        self.current = current
+        self.requested = requested
+        allowed = allowed_next(current)
+        hint = f"allowed from {current}: {', '.join(allowed)}" if allowed else f"{current} is final"
+        super().__init__(f"cannot change status from {current} to {requested} ({hint})")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change that really happens: the request that holds one made it."""
+
+    from_status: str
+    to_status: str
+
+    @property
+    def acknowledges(self) -> bool:
+        return self.to_status == Status.ACKNOWLEDGED.value
+
+    @property
+    def resolves(self) -> bool:
+        return self.to_status == Status.RESOLVED.value
+
+
+def allowed_next(current: str) -> tuple[str, ...]:
+    return tuple(to for to, sources in _ALLOWED_FROM.items() if current in sources)
+
+
+def plan_transition(current: str, requested: str) -> Transition | None:
+    """The transition from `current` to `requested`; None when already there (a safe retry)."""
+    if current == requested:
+        return None
+    if current not in _ALLOWED_FROM.get(requested, ()):
+        raise InvalidTransition(current, requested)
+    return Transition(current, requested)

@@ -1,0 +1,208 @@
+"""Marshmallow schemas for every body, query string and response: they validate the input and
+they are the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from incident_app.lifecycle import SEVERITIES, STATUSES
+
+MAX_ALERT_IDS = 100
+MAX_OFFSET = 2**63 - 1  # PostgreSQL's OFFSET is a bigint
+
+
+class Text(fields.String):
+    """A string the database can store: no NUL character, no lone surrogate. Optionally trimmed."""
+
+    default_error_messages = {"unstorable": "Must not contain NUL or invalid Unicode characters."}
+
+    def __init__(self, *args: Any, strip: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strip = strip
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise self.make_error("unstorable")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.make_error("unstorable") from None
+        return text.strip() if self.strip else text
+
+
+class Timestamp(fields.DateTime):
+    """RFC 3339 with an explicit UTC offset; on output, always in UTC with microseconds."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        if parsed.tzinfo is None:
+            raise ma.ValidationError("Must include a UTC offset, for example 2026-11-26T10:00:00Z.")
+        return parsed.astimezone(timezone.utc)
+
+
+def severity_field(*, description: str = "", **kwargs: Any) -> fields.String:
+    metadata = {"example": "critical", "description": description or "critical, high, medium or low."}
+    return fields.String(validate=validate.OneOf(SEVERITIES), metadata=metadata, **kwargs)
+
+
+def status_field(*, description: str = "", **kwargs: Any) -> fields.String:
+    metadata = {"example": "acknowledged", "description": description or "open, acknowledged or resolved."}
+    return fields.String(validate=validate.OneOf(STATUSES), metadata=metadata, **kwargs)
+
+
+# ----------------------------------------------------------------------------- request bodies
+
+
+class IncidentCreateSchema(ma.Schema):
+    title = Text(
+        required=True, strip=True, validate=validate.Length(1, 500),
+        metadata={"description": "1–500 characters after trimming.", "example": "Payment API error rate above 5%"},
+    )
+    service = Text(
+        required=True, strip=True, validate=validate.Length(1, 255),
+        metadata={"description": "The owning service; also the team asked for an on-call engineer.",
+                  "example": "payment-api"},
+    )
+    severity = severity_field(required=True)
+    description = Text(allow_none=True, validate=validate.Length(max=20_000), metadata={"example": None})
+    alert_ids = fields.List(
+        fields.UUID(),
+        load_default=list,
+        metadata={"description": f"Up to {MAX_ALERT_IDS} distinct alert ids; duplicates are collapsed."},
+    )
+
+    @ma.validates("alert_ids")
+    def _at_most_100_alerts(self, value: list, **_: Any) -> None:
+        if len(set(value)) > MAX_ALERT_IDS:
+            raise ma.ValidationError(f"At most {MAX_ALERT_IDS} distinct alert ids.")
+
+    @ma.post_load
+    def _collapse_duplicates(self, data: dict, **_: Any) -> dict:
+        data["alert_ids"] = list(dict.fromkeys(data["alert_ids"]))
+        return data
+
+
+class IncidentUpdateSchema(ma.Schema):
+    status = status_field(description="open → acknowledged → resolved; open → resolved too.")
+    assigned_to = Text(
+        allow_none=True, strip=True, validate=validate.Length(1, 255),
+        metadata={"description": "An engineer identifier, or null to unassign.", "example": "alice@example.com"},
+    )
+    note = Text(strip=True, validate=validate.Length(1, 10_000), metadata={"example": "rolled back the deploy"})
+    author = Text(allow_none=True, strip=True, validate=validate.Length(max=255), metadata={"example": "bob"})
+
+
+# ----------------------------------------------------------------------------- query strings
+
+
+class IncidentListQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    status = status_field()
+    severity = severity_field()
+    service = Text(validate=validate.Length(1, 255))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
+
+
+class AnalyticsQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    service = Text(validate=validate.Length(1, 255))
+    severity = severity_field()
+    since = Timestamp(metadata={"description": "Inclusive lower bound on created_at (RFC 3339)."})
+    until = Timestamp(metadata={"description": "Exclusive upper bound on created_at (RFC 3339)."})
+
+    @ma.validates_schema
+    def _window_in_order(self, data: dict, **_: Any) -> None:
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            raise ma.ValidationError("since must not be after until.", "since")
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class NoteSchema(ma.Schema):
+    text = fields.String(required=True)
+    author = fields.String(allow_none=True)
+    created_at = fields.String(metadata={"format": "date-time"})
+
+
+class LinkedAlertSchema(ma.Schema):
+    alert_id = fields.UUID(required=True)
+    linked_at = Timestamp(required=True)
+    service = fields.String(metadata={"description": "Present when the platform's alerts table is reachable."})
+    severity = fields.String()
+    message = fields.String(allow_none=True)
+    timestamp = Timestamp(allow_none=True)
+
+
+class IncidentSummarySchema(ma.Schema):
+    id = fields.UUID(required=True)
+    incident_id = fields.String(required=True, metadata={"example": "inc-3fa85f6457174562"})
+    title = fields.String(required=True)
+    description = fields.String(allow_none=True)
+    service = fields.String(required=True)
+    severity = fields.String(required=True, metadata={"enum": list(SEVERITIES)})
+    status = fields.String(required=True, metadata={"enum": list(STATUSES)})
+    assigned_to = fields.String(allow_none=True)
+    notes = fields.List(fields.Nested(NoteSchema), required=True)
+    created_at = Timestamp(required=True)
+    acknowledged_at = Timestamp(allow_none=True)
+    resolved_at = Timestamp(allow_none=True)
+    updated_at = Timestamp(required=True)
+    mtta_seconds = fields.Float(allow_none=True)
+    mttr_seconds = fields.Float(allow_none=True)
+
+
+class IncidentSchema(IncidentSummarySchema):
+    alerts = fields.List(fields.Nested(LinkedAlertSchema), required=True)
+
+
+class IncidentPageSchema(ma.Schema):
+    incidents = fields.List(fields.Nested(IncidentSummarySchema), required=True)
+    total = fields.Integer(required=True, metadata={"description": "How many incidents match the filters."})
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+
+
+def _percentiles() -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True),
+                       metadata={"example": {"p50": 42.0, "p90": 120.5, "p95": 300.0, "p99": 900.0}})
+
+
+class SeverityBreakdownSchema(ma.Schema):
+    count = fields.Integer()
+    unresolved = fields.Integer()
+    avg_mtta_seconds = fields.Float(allow_none=True)
+    avg_mttr_seconds = fields.Float(allow_none=True)
+
+
+class AnalyticsSchema(ma.Schema):
+    total_incidents = fields.Integer()
+    open_count = fields.Integer()
+    acknowledged_count = fields.Integer()
+    resolved_count = fields.Integer()
+    avg_mtta_seconds = fields.Float(allow_none=True)
+    avg_mttr_seconds = fields.Float(allow_none=True)
+    mtta_percentiles = _percentiles()
+    mttr_percentiles = _percentiles()
+    by_severity = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_service = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    severity_breakdown = fields.Dict(keys=fields.String(), values=fields.Nested(SeverityBreakdownSchema))

@@ -1,0 +1,99 @@
+"""The data model in one file: SQLAlchemy Core tables and indexes, the migrations' target.
+
+Tables live in the PostgreSQL schema `incidents`; on SQLite the engine maps that schema away
+(see db.py), so the same Table objects serve both dialects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from incident_app.lifecycle import SEVERITIES, STATUSES
+
+SCHEMA = "incidents"
+
+metadata = sa.MetaData(
+    naming_convention={
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Aware UTC datetimes in and out, whatever the dialect stores.
+
+    SQLite keeps naive text, PostgreSQL answers in the session's time zone: both come back as UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+severity_level = sa.Enum(*SEVERITIES, name="severity_level", schema=SCHEMA)
+incident_status = sa.Enum(*STATUSES, name="incident_status", schema=SCHEMA)
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("incident_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("title", sa.String(500), nullable=False),
+    sa.Column("description", sa.Text()),
+    sa.Column("service", sa.String(255), nullable=False),
+    sa.Column("severity", severity_level, nullable=False),
+    sa.Column("status", incident_status, nullable=False, server_default="open"),
+    sa.Column("assigned_to", sa.String(255)),
+    sa.Column("notes", JSONDocument, nullable=False, server_default=sa.text("'[]'")),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("acknowledged_at", UTCDateTime()),
+    sa.Column("resolved_at", UTCDateTime()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    schema=SCHEMA,
+)
+
+# Newest-first listing, alone or behind one equality filter, reads an index in order: no sort.
+sa.Index("ix_incidents_created_at", incidents.c.created_at.desc(), incidents.c.incident_id.desc())
+for _column in ("status", "severity", "service"):
+    sa.Index(
+        f"ix_incidents_{_column}_created_at",
+        incidents.c[_column],
+        incidents.c.created_at.desc(),
+        incidents.c.incident_id.desc(),
+    )
+
+incident_alerts = sa.Table(
+    "incident_alerts",
+    metadata,
+    sa.Column(
+        "incident_id",
+        sa.Uuid(),
+        sa.ForeignKey(incidents.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("alert_id", sa.Uuid(), primary_key=True),
+    sa.Column("linked_at", UTCDateTime(), nullable=False),
+    schema=SCHEMA,
+)
+sa.Index("ix_incident_alerts_alert_id", incident_alerts.c.alert_id)
