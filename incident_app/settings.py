@@ -48,17 +48,24 @@ def _url(raw: str) -> str:
     return value
 
 
-def _database_url(raw: str) -> str:
+def normalize_database_url(raw: str) -> str:
+    """A PostgreSQL or SQLite URL, with PostgreSQL pinned to the psycopg2 driver.
+
+    SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the service is built on psycopg2
+    (psycogreen makes it cooperative under gevent).
+    """
     value = raw.strip()
-    scheme = urlsplit(value).scheme
-    if not scheme:
-        raise ValueError("must be a URL such as postgresql://user@host/db")
-    if not (scheme.startswith("postgres") or scheme.startswith("sqlite")):
-        raise ValueError("only PostgreSQL and SQLite are supported")
-    # Heroku-style "postgres://" is common in the wild; SQLAlchemy wants "postgresql://".
-    if scheme == "postgres":
-        value = "postgresql" + value[len("postgres"):]
-    return value
+    scheme, sep, rest = value.partition("://")
+    if not sep or not scheme:
+        raise ValueError("must be a URL such as postgresql://user@host/db or sqlite:///file.db")
+    dialect, _, driver = scheme.partition("+")
+    if dialect in ("postgres", "postgresql"):
+        if driver not in ("", "psycopg2"):
+            raise ValueError("the PostgreSQL driver is psycopg2: use postgresql://")
+        return f"postgresql+psycopg2://{rest}"
+    if dialect == "sqlite":
+        return value
+    raise ValueError("only PostgreSQL and SQLite are supported")
 
 
 def _buckets(raw: str) -> tuple[float, ...]:
@@ -147,7 +154,7 @@ class Settings:
 
 # Environment variable → (Settings attribute, parser).
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DATABASE_URL": ("database_url", _database_url),
+    "DATABASE_URL": ("database_url", normalize_database_url),
     "SERVICE_NAME": ("service_name", _text),
     "SERVICE_PORT": ("service_port", _number(int, minimum=1, maximum=65535)),
     "ENVIRONMENT": ("environment", _text),
