@@ -28,6 +28,10 @@ class IncidentMetrics:
             "incident_mttr_seconds", "Time from creation to resolution.",
             ["severity"], buckets=settings.mttr_buckets, registry=registry,
         )
+        self.escalations_total = Counter(
+            "incident_escalations_total", "Escalations of incidents left open, by severity.",
+            ["severity"], registry=registry,
+        )
 
     def incident_opened(self, severity: str) -> None:
         self.incidents_total.labels(status="open", severity=severity).inc()
@@ -41,3 +45,6 @@ class IncidentMetrics:
 
     def notification_attempted(self, channel: str, delivered: bool) -> None:
         self.notifications_total.labels(channel=channel, status="sent" if delivered else "failed").inc()
+
+    def escalated(self, severity: str) -> None:
+        self.escalations_total.labels(severity=severity).inc()
