@@ -40,9 +40,10 @@ def _seconds_between(conn: Connection, later: Any, earlier: Any) -> sa.ColumnEle
     if conn.dialect.name == "postgresql":
         return sa.extract("epoch", later - earlier)
     # SQLite keeps datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' text. julianday() would lose the
-    # microseconds to float rounding, so whole seconds and the fraction are taken apart.
+    # microseconds to float rounding, so whole seconds and the fraction are taken apart; the whole
+    # part is cut off first, since SQLite rounds .999999 up to the next second.
     def whole(value: Any) -> sa.ColumnElement[int]:
-        return sa.cast(sa.func.strftime("%s", value), sa.Integer)
+        return sa.cast(sa.func.strftime("%s", sa.func.substr(value, 1, 19)), sa.Integer)
 
     def fraction(value: Any) -> sa.ColumnElement[float]:
         return sa.cast(sa.func.substr(value, 20), sa.Float)
@@ -82,8 +83,11 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
         by_status[row.status] += row.n
         acc = sums[row.severity]
         acc["unresolved"] += row.n if row.status in UNRESOLVED else 0
-        for key in ("mtta_sum", "mtta_n", "mttr_sum", "mttr_n"):
-            acc[key] += getattr(row, key) or 0
+        for key in ("mtta_n", "mttr_n"):
+            acc[key] += getattr(row, key)
+        for key in ("mtta_sum", "mttr_sum"):
+            # PostgreSQL's epoch arithmetic is numeric: its sums arrive as Decimal.
+            acc[key] += float(getattr(row, key) or 0)
 
     def average(total: float, count: int) -> float | None:
         return _seconds(float(total) / count) if count else None
@@ -121,7 +125,7 @@ def _percentiles(conn: Connection, value: sa.ColumnElement[float], where: list) 
         found = found or [None] * len(PERCENTILES)
     else:
         found = conn.execute(_interpolated_percentiles(value, where)).one()
-    return {name: _seconds(v) for (name, _), v in zip(PERCENTILES, found)}
+    return {name: _seconds(v) for (name, _), v in zip(PERCENTILES, found, strict=True)}
 
 
 def _seconds(value: Any) -> float | None:
