@@ -31,6 +31,11 @@ class TcpProxy:
         """Refuse new connections and drop every open one, as a crashed database would."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown() first: close() alone leaves a thread blocked in accept() still accepting.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             for conn in self._connections:
