@@ -86,30 +86,50 @@ _ALERTS_TABLE_TTL = 60.0
 _alerts_table_seen: dict[str, tuple[float, bool]] = {}
 
 
+def forget_platform_alerts_table() -> None:
+    """Look the platform's alerts table up again on next use, e.g. after it was created or dropped."""
+    _alerts_table_seen.clear()
+
+
 def _platform_alerts_present(conn: Connection) -> bool:
     if conn.dialect.name != "postgresql":
         return False
     key = str(conn.engine.url)
-    checked_at, present = _alerts_table_seen.get(key, (0.0, False))
-    if time.monotonic() - checked_at > _ALERTS_TABLE_TTL:
+    seen = _alerts_table_seen.get(key)
+    if seen is None or time.monotonic() - seen[0] > _ALERTS_TABLE_TTL:
         found = conn.execute(
             sa.text(
                 "SELECT column_name FROM information_schema.columns"
                 " WHERE table_schema = 'alerts' AND table_name = 'alerts'"
             )
         ).scalars()
-        present = set(_ALERT_COLUMNS) <= set(found)
-        _alerts_table_seen[key] = (time.monotonic(), present)
-    return present
+        seen = (time.monotonic(), set(_ALERT_COLUMNS) <= set(found))
+        _alerts_table_seen[key] = seen
+    return seen[1]
 
 
 def linked_alerts(conn: Connection, incident_pks: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """Linked alerts per incident, oldest link first, with the alert's own fields when available."""
+    if _platform_alerts_present(conn):
+        try:
+            # A savepoint, so that a failed join leaves the caller's transaction usable.
+            with conn.begin_nested():
+                return _linked_alerts(conn, incident_pks, enrich=True)
+        except sa.exc.ProgrammingError:
+            # The platform's table went away or changed since it was looked up: links alone will do.
+            forget_platform_alerts_table()
+    return _linked_alerts(conn, incident_pks, enrich=False)
+
+
+def _linked_alerts(
+    conn: Connection, incident_pks: Sequence[uuid.UUID], *, enrich: bool
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
     columns: list[Any] = [incident_alerts.c.incident_id, incident_alerts.c.alert_id, incident_alerts.c.linked_at]
     source: Any = incident_alerts
-    if _platform_alerts_present(conn):
+    if enrich:
         a = _platform_alerts.c
         columns += [
+            a.id.is_not(None).label("known"),
             sa.cast(a.service, sa.Text).label("service"),
             sa.cast(a.severity, sa.Text).label("severity"),
             sa.cast(a.message, sa.Text).label("message"),
@@ -124,6 +144,9 @@ def linked_alerts(conn: Connection, incident_pks: Sequence[uuid.UUID]) -> dict[u
     ).mappings()
     linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
     for row in rows:
-        entry = dict(row)
-        linked[entry.pop("incident_id")].append(entry)
+        entry = {"alert_id": row["alert_id"], "linked_at": row["linked_at"]}
+        # An alert the platform's table does not hold gets no made-up nulls, only its link.
+        if row.get("known"):
+            entry.update({name: row[name] for name in _ALERT_COLUMNS[1:]})
+        linked[row["incident_id"]].append(entry)
     return linked
