@@ -1,0 +1,206 @@
+"""Linked alerts on an incident: oldest first with linked_at, duplicates collapsed, and enriched from
+the platform's `alerts.alerts` table when the database holds it (never required)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from incident_app.repository.incidents import forget_platform_alerts_table
+from incident_app.tables import incident_alerts
+
+URL = "/api/v1/incidents"
+T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+A1, A2, A3 = (uuid.UUID(f"00000000-0000-4000-8000-00000000000{n}") for n in (1, 2, 3))
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+def create(client, app, alert_ids: list, when: datetime = T0) -> dict:
+    app.extensions["incident_service"].clock = lambda: when
+    body = {"title": "Checkout latency", "service": "checkout", "severity": "high"}
+    response = client.post(URL, json={**body, "alert_ids": [str(a) for a in alert_ids]})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def read(client, incident_id: str) -> dict:
+    response = client.get(f"{URL}/{incident_id}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def link_directly(app, incident: dict, alert_id: uuid.UUID, linked_at: datetime) -> None:
+    with app.extensions["engine"].begin() as conn:
+        conn.execute(incident_alerts.insert().values(
+            incident_id=uuid.UUID(incident["id"]), alert_id=alert_id, linked_at=linked_at,
+        ))
+
+
+@pytest.fixture
+def platform_alerts(database_url) -> Iterator[sa.Connection]:
+    """The Alert Ingestion Service's table, in the same PostgreSQL database, for one test."""
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS alerts")
+        conn.exec_driver_sql(
+            "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
+            " timestamp TIMESTAMPTZ)"
+        )
+        forget_platform_alerts_table()
+        try:
+            yield conn
+        finally:
+            conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
+            forget_platform_alerts_table()
+    engine.dispose()
+
+
+def add_platform_alert(conn: sa.Connection, alert_id: uuid.UUID, message: str | None, timestamp: datetime) -> None:
+    conn.execute(
+        sa.text("INSERT INTO alerts.alerts VALUES (:id, 'checkout', 'warning', :message, :timestamp)"),
+        {"id": alert_id, "message": message, "timestamp": timestamp},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lookup() -> Iterator[None]:
+    # Each test decides whether the platform's table exists: no answer cached from another test.
+    forget_platform_alerts_table()
+    yield
+    forget_platform_alerts_table()
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+def test_create_and_read_show_the_links_with_linked_at(client, app):
+    created = create(client, app, [A2, A1])
+    expected = sorted(
+        [{"alert_id": str(a), "linked_at": "2026-11-26T10:00:00.123456+00:00"} for a in (A1, A2)],
+        key=lambda e: e["alert_id"],
+    )
+    assert sorted(created["alerts"], key=lambda e: e["alert_id"]) == expected
+    assert sorted(read(client, created["incident_id"])["alerts"], key=lambda e: e["alert_id"]) == expected
+
+
+def test_duplicate_alert_ids_are_collapsed(client, app):
+    created = create(client, app, [A1, A2, A1, A1, A2])
+    alerts = read(client, created["incident_id"])["alerts"]
+    assert sorted(a["alert_id"] for a in alerts) == [str(A1), str(A2)]
+
+
+def test_links_are_listed_oldest_first(client, app):
+    created = create(client, app, [A2])
+    link_directly(app, created, A3, T0 + timedelta(hours=1))
+    link_directly(app, created, A1, T0 - timedelta(hours=1))
+    alerts = read(client, created["incident_id"])["alerts"]
+    assert [(a["alert_id"], a["linked_at"]) for a in alerts] == [
+        (str(A1), "2026-11-26T09:00:00.123456+00:00"),
+        (str(A2), "2026-11-26T10:00:00.123456+00:00"),
+        (str(A3), "2026-11-26T11:00:00.123456+00:00"),
+    ]
+
+
+def test_incident_without_alerts_has_an_empty_list(client, app):
+    created = create(client, app, [])
+    assert created["alerts"] == []
+    assert read(client, created["incident_id"])["alerts"] == []
+
+
+def test_without_the_platform_table_entries_carry_only_the_link(client, app):
+    created = create(client, app, [A1])
+    [entry] = read(client, created["incident_id"])["alerts"]
+    assert set(entry) == {"alert_id", "linked_at"}
+
+
+def test_links_belong_to_their_own_incident(client, app):
+    first = create(client, app, [A1])
+    second = create(client, app, [A1, A2])
+    assert [a["alert_id"] for a in read(client, first["incident_id"])["alerts"]] == [str(A1)]
+    assert len(read(client, second["incident_id"])["alerts"]) == 2
+
+
+# --------------------------------------------------------------------------- the platform's alerts table
+
+
+@postgresql_only
+def test_platform_table_adds_service_severity_message_and_timestamp(client, app, platform_alerts):
+    add_platform_alert(platform_alerts, A1, "p99 latency 2.3 s", T0 - timedelta(seconds=90))
+    add_platform_alert(platform_alerts, A2, None, T0 - timedelta(seconds=30, microseconds=7))
+    created = create(client, app, [A1, A2, A3])  # A3 is not in the platform's table
+    for alerts in (created["alerts"], read(client, created["incident_id"])["alerts"]):
+        by_id = {a["alert_id"]: a for a in alerts}
+        linked_at = "2026-11-26T10:00:00.123456+00:00"
+        assert by_id[str(A1)] == {
+            "alert_id": str(A1), "linked_at": linked_at, "service": "checkout", "severity": "warning",
+            "message": "p99 latency 2.3 s", "timestamp": "2026-11-26T09:58:30.123456+00:00",
+        }
+        assert by_id[str(A2)]["message"] is None
+        assert by_id[str(A2)]["timestamp"] == "2026-11-26T09:59:30.123449+00:00"
+        # An alert the platform does not know keeps its link and nothing made up.
+        assert by_id[str(A3)] == {"alert_id": str(A3), "linked_at": linked_at}
+
+
+@postgresql_only
+def test_platform_table_created_later_is_used_once_the_lookup_is_refreshed(client, app, database_url):
+    created = create(client, app, [A1])
+    assert set(read(client, created["incident_id"])["alerts"][0]) == {"alert_id", "linked_at"}
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA alerts")
+            conn.exec_driver_sql(
+                "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
+                " timestamp TIMESTAMPTZ)"
+            )
+            add_platform_alert(conn, A1, "disk full", T0)
+            forget_platform_alerts_table()
+            assert read(client, created["incident_id"])["alerts"][0]["message"] == "disk full"
+            conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
+    finally:
+        engine.dispose()
+
+
+@postgresql_only
+def test_platform_table_dropped_while_remembered_still_answers(client, app, database_url):
+    """The lookup is cached; a table dropped meanwhile must not turn reads into errors."""
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA alerts")
+            conn.exec_driver_sql(
+                "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
+                " timestamp TIMESTAMPTZ)"
+            )
+            add_platform_alert(conn, A1, "disk full", T0)
+            created = create(client, app, [A1])
+            assert created["alerts"][0]["message"] == "disk full"
+            conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
+    finally:
+        engine.dispose()
+    [entry] = read(client, created["incident_id"])["alerts"]
+    assert entry == {"alert_id": str(A1), "linked_at": "2026-11-26T10:00:00.123456+00:00"}
+    # PATCH reads the links inside its write transaction: it must commit all the same.
+    response = client.patch(f"{URL}/{created['incident_id']}", json={"status": "acknowledged"})
+    assert response.status_code == 200, response.get_json()
+    assert read(client, created["incident_id"])["status"] == "acknowledged"
+
+
+@postgresql_only
+def test_platform_table_missing_a_column_is_not_used(client, app, database_url):
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA alerts")
+            conn.exec_driver_sql("CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT)")
+            conn.execute(sa.text("INSERT INTO alerts.alerts VALUES (:id, 'checkout')"), {"id": A1})
+            forget_platform_alerts_table()
+            created = create(client, app, [A1])
+            conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
+    finally:
+        engine.dispose()
+    assert set(created["alerts"][0]) == {"alert_id", "linked_at"}
