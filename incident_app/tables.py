@@ -97,3 +97,60 @@ incident_alerts = sa.Table(
     schema=SCHEMA,
 )
 sa.Index("ix_incident_alerts_alert_id", incident_alerts.c.alert_id)
+
+# ----------------------------------------------------------------------------- reliability (0002)
+
+incidents.append_column(sa.Column("escalation_level", sa.Integer(), nullable=False, server_default="0"))
+incidents.append_column(sa.Column("escalated_at", UTCDateTime()))
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint.
+_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# The timeline: one row per thing that happened, written in the transaction that made it happen.
+incident_events = sa.Table(
+    "incident_events",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey(incidents.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("details", JSONDocument, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    schema=SCHEMA,
+)
+sa.Index("ix_incident_events_incident_id", incident_events.c.incident_id, incident_events.c.id)
+
+# The transactional outbox: a notification is a row before it is a request. `id` is the stable
+# notification id the receiver deduplicates on; `next_attempt_at` doubles as a lease while in flight.
+notification_outbox = sa.Table(
+    "notification_outbox",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey(incidents.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("payload", JSONDocument, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    schema=SCHEMA,
+)
+sa.Index(
+    "ix_notification_outbox_state_next_attempt_at",
+    notification_outbox.c.state, notification_outbox.c.next_attempt_at,
+)
+sa.Index("ix_notification_outbox_incident_id", notification_outbox.c.incident_id)
+
+# Idempotency-Key of creations: reserved before the work, pointed at the incident when it commits.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey(incidents.c.id, ondelete="CASCADE")),
+    sa.Column("reserved_at", UTCDateTime(), nullable=False),
+    sa.Column("completed_at", UTCDateTime()),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    schema=SCHEMA,
+)
+sa.Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)

@@ -1,0 +1,87 @@
+"""The notification outbox: rows written with the change that causes them, claimed for delivery
+through the database so that any number of workers and replicas deliver each row once at a time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from incident_app.tables import notification_outbox
+
+PENDING, SENT, EXPIRED = "pending", "sent", "expired"
+
+
+def enqueue(
+    conn: Connection, *, notification_id: uuid.UUID, incident_pk: uuid.UUID, payload: Mapping[str, Any],
+    now: datetime, first_attempt_at: datetime,
+) -> None:
+    conn.execute(
+        notification_outbox.insert().values(
+            id=notification_id, incident_id=incident_pk, payload=dict(payload), state=PENDING, attempts=0,
+            created_at=now, next_attempt_at=first_attempt_at,
+        )
+    )
+
+
+def claim_due(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
+    """Pending rows whose time has come, leased to the caller until `lease_until`.
+
+    PostgreSQL: SKIP LOCKED lets concurrent claimers take disjoint rows without waiting. SQLite:
+    the caller's write transaction (BEGIN IMMEDIATE) already serialises claimers.
+    """
+    o = notification_outbox.c
+    due = conn.execute(
+        sa.select(o.id)
+        .where(o.state == PENDING, o.next_attempt_at <= now)
+        .order_by(o.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).scalars().all()
+    if not due:
+        return []
+    return list(
+        conn.execute(
+            notification_outbox.update()
+            .where(o.id.in_(due), o.state == PENDING)
+            .values(next_attempt_at=lease_until)
+            .returning(*notification_outbox.c)
+        )
+    )
+
+
+def find_pending(conn: Connection, notification_id: uuid.UUID) -> Row | None:
+    o = notification_outbox.c
+    return conn.execute(
+        sa.select(*notification_outbox.c).where(o.id == notification_id, o.state == PENDING).with_for_update()
+    ).one_or_none()
+
+
+def finish(conn: Connection, notification_id: uuid.UUID, *, state: str, attempts: int, now: datetime) -> bool:
+    o = notification_outbox.c
+    result = conn.execute(
+        notification_outbox.update()
+        .where(o.id == notification_id, o.state == PENDING)
+        .values(state=state, attempts=attempts, finished_at=now)
+    )
+    return result.rowcount == 1
+
+
+def reschedule(conn: Connection, notification_id: uuid.UUID, *, attempts: int, next_attempt_at: datetime) -> bool:
+    o = notification_outbox.c
+    result = conn.execute(
+        notification_outbox.update()
+        .where(o.id == notification_id, o.state == PENDING)
+        .values(attempts=attempts, next_attempt_at=next_attempt_at)
+    )
+    return result.rowcount == 1
+
+
+def for_incident(conn: Connection, incident_pk: uuid.UUID) -> list[Row]:
+    o = notification_outbox.c
+    return list(conn.execute(sa.select(*notification_outbox.c).where(o.incident_id == incident_pk)
+                             .order_by(o.created_at)))
