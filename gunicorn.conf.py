@@ -78,3 +78,19 @@ def post_fork(server, worker):
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+
+
+def post_worker_init(worker):
+    # Each worker runs the background work in a greenlet (outbox retries, escalation, key expiry);
+    # safe with any number of workers and replicas because every claim goes through the database.
+    extensions = getattr(worker.wsgi, "extensions", None)
+    if extensions is None:
+        worker.log.warning("wsgi:app is not the Flask app: background work not started")
+    elif extensions["settings"].background_work:
+        extensions["background"].start()
+
+
+def worker_exit(server, worker):
+    background = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("background")
+    if background is not None:
+        background.stop(timeout=2)

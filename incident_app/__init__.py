@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import timedelta
+
 import click
 from flask import Flask
 from flask_cors import CORS
-from flask_smorest import Api
 
 from incident_app import migrate
 from incident_app.access import install_api_keys
-from incident_app.api import health, incidents
+from incident_app.api import docs, health, incidents
+from incident_app.api import metrics as metrics_endpoint
+from incident_app.background import BackgroundWork
 from incident_app.db import create_engine, warm_pool
 from incident_app.errors import register_error_handlers
+from incident_app.escalation import Escalator
+from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
-from incident_app.metrics import IncidentMetrics
+from incident_app.metrics import IncidentMetrics, OpenIncidentsCollector, exposition_registry, install_http_metrics
+from incident_app.outbox import NotificationOutbox
 from incident_app.peers.http import PeerClient, pooled_session
 from incident_app.peers.notify import NotificationClient
 from incident_app.peers.oncall import OnCallClient
-from incident_app.service import IncidentService
+from incident_app.probes import ProbeDatabase, create_probe_engine
+from incident_app.service import IncidentService, utcnow
 from incident_app.settings import Settings
 
 MAX_BODY_BYTES = 1 << 20
@@ -35,29 +43,59 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        **docs.CONFIG,
     )
     app.json.sort_keys = False
-    api = Api(app)
+    api = docs.IncidentApi(app, spec_kwargs={"extra_plugins": [docs.CommonResponses()], "info": {"description": docs.DESCRIPTION}})
+    docs.document_errors(api)
     api.register_blueprint(incidents.blp)
     api.register_blueprint(health.blp)
+    api.register_blueprint(metrics_endpoint.blp)
+    docs.register_docs_assets(app)
     register_error_handlers(app)  # after Api(), which installs its own HTTP error handler
     install_request_logging(app)
     install_api_keys(app, settings)
-    CORS(app, resources={r"/api/*": {"origins": list(settings.cors_origins)}}, expose_headers=["Location", "X-Request-ID"])
+    CORS(
+        app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+        expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
+    )
 
     engine = create_engine(settings)
     warm_pool(engine, settings.db_pool_min)
     http = pooled_session()
     metrics = IncidentMetrics(settings)
+    install_http_metrics(app, metrics)
+    probe_db = ProbeDatabase(create_probe_engine(settings))
+    app.extensions.update(
+        probe_db=probe_db,
+        metrics_registry=exposition_registry(
+            metrics, OpenIncidentsCollector(probe_db.unresolved_by_severity),
+            multiprocess_dir=settings.prometheus_multiproc_dir,
+        ),
+    )
+    oncall = OnCallClient(PeerClient(http, settings.oncall_service_url, settings.http_client_timeout))
+    notifier = NotificationClient(PeerClient(http, settings.notification_service_url, settings.http_client_timeout))
+    # A claimed notification is left alone for longer than one call to the Notification Service can take.
+    peer_call = timedelta(seconds=settings.http_client_timeout + 5)
+    outbox = NotificationOutbox(engine=engine, notifier=notifier, metrics=metrics, clock=utcnow, lease=peer_call)
+    # A key reserved longer than a whole create can take (two peer calls) belongs to a dead request.
+    idempotency = IdempotencyKeys(engine=engine, clock=utcnow, in_flight_for=2 * peer_call + timedelta(seconds=20))
+    escalator = Escalator(
+        engine=engine, oncall=oncall, outbox=outbox, metrics=metrics, clock=utcnow,
+        timeout=timedelta(minutes=settings.escalation_timeout_minutes),
+    )
     app.extensions.update(
         settings=settings,
         engine=engine,
         metrics=metrics,
         incident_service=IncidentService(
-            engine=engine,
-            oncall=OnCallClient(PeerClient(http, settings.oncall_service_url, settings.http_client_timeout)),
-            notifier=NotificationClient(PeerClient(http, settings.notification_service_url, settings.http_client_timeout)),
-            metrics=metrics,
+            engine=engine, oncall=oncall, outbox=outbox, idempotency=idempotency, metrics=metrics,
+        ),
+        # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
+        # an app built by a test or a CLI command must not start timers behind its back.
+        background=BackgroundWork(
+            outbox=outbox, escalator=escalator, idempotency=idempotency,
+            escalation_every=settings.escalation_check_seconds,
         ),
     )
     _register_cli(app, settings)
@@ -75,3 +113,14 @@ def _register_cli(app: Flask, settings: Settings) -> None:
         """Bring the database schema to REVISION (default: head)."""
         migrate.upgrade(settings, revision)
         click.echo(f"database at {migrate.head_revision() if revision == 'head' else revision}")
+
+    @app.cli.group("background")
+    def background() -> None:
+        """Background work: outbox retries, escalation checks, idempotency key expiry."""
+
+    @background.command("run")
+    def run_background() -> None:
+        """Run the background work in the foreground, for a deployment with BACKGROUND_WORK=false."""
+        click.echo("background work running; Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            app.extensions["background"].run()

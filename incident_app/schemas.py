@@ -105,6 +105,30 @@ class IncidentUpdateSchema(ma.Schema):
     author = Text(allow_none=True, strip=True, validate=validate.Length(max=255), metadata={"example": "bob"})
 
 
+class AlertLinkSchema(ma.Schema):
+    alert_ids = fields.List(
+        fields.UUID(), required=True, validate=validate.Length(min=1),
+        metadata={"description": f"Up to {MAX_ALERT_IDS} distinct alert ids; one already linked is left as it was."},
+    )
+
+    @ma.validates("alert_ids")
+    def _at_most_100_alerts(self, value: list, **_: Any) -> None:
+        if len(set(value)) > MAX_ALERT_IDS:
+            raise ma.ValidationError(f"At most {MAX_ALERT_IDS} distinct alert ids.")
+
+
+class IdempotencyHeaderSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    idempotency_key = Text(
+        data_key="Idempotency-Key", validate=validate.Length(1, 255),
+        metadata={"description": "Makes retries safe: the same key and body within 24 hours return the first "
+                                 "incident (201, `Idempotent-Replayed: true`) without assigning or notifying "
+                                 "again; another body → 422; while the first is in flight → 409."},
+    )
+
+
 # ----------------------------------------------------------------------------- query strings
 
 
@@ -168,6 +192,10 @@ class IncidentSummarySchema(ma.Schema):
     updated_at = Timestamp(required=True)
     mtta_seconds = fields.Float(allow_none=True)
     mttr_seconds = fields.Float(allow_none=True)
+    escalation_level = fields.Integer(
+        required=True, metadata={"description": "How many times it was escalated for staying open (0–3)."}
+    )
+    escalated_at = Timestamp(allow_none=True, metadata={"description": "When it was last escalated."})
 
 
 class IncidentSchema(IncidentSummarySchema):
@@ -179,6 +207,24 @@ class IncidentPageSchema(ma.Schema):
     total = fields.Integer(required=True, metadata={"description": "How many incidents match the filters."})
     limit = fields.Integer(required=True)
     offset = fields.Integer(required=True)
+
+
+EVENT_TYPES = (
+    "created", "assigned", "notified", "notification_failed", "acknowledged", "escalated", "reassigned",
+    "note_added", "resolved", "alerts_linked",
+)
+
+
+class EventSchema(ma.Schema):
+    type = fields.String(required=True, metadata={"enum": list(EVENT_TYPES)})
+    created_at = Timestamp(required=True)
+    actor = fields.String(allow_none=True, metadata={"description": "Who did it: a PATCH's author, `system`, or null."})
+    details = fields.Dict(required=True, metadata={"description": "What changed, by event type."})
+
+
+class TimelineSchema(ma.Schema):
+    incident_id = fields.String(required=True)
+    events = fields.List(fields.Nested(EventSchema), required=True, metadata={"description": "Oldest first."})
 
 
 def _percentiles() -> fields.Dict:

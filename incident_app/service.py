@@ -17,10 +17,13 @@ from sqlalchemy.engine import Engine, Row
 from incident_app import lifecycle
 from incident_app.db import transaction
 from incident_app.errors import IncidentNotFound, NothingToUpdate
+from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
-from incident_app.peers.notify import CHANNEL, NotificationClient
+from incident_app.outbox import NotificationOutbox, Pending
 from incident_app.peers.oncall import OnCallClient
 from incident_app.repository import analytics as analytics_queries
+from incident_app.repository import events
+from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,18 @@ class Update:
     transition: lifecycle.Transition | None
 
 
+@dataclass(frozen=True)
+class Created:
+    """A creation's answer. `replayed`: an Idempotency-Key retry, answered with the first incident."""
+
+    incident: dict[str, Any]
+    replayed: bool = False
+
+
+def notification_message(row: Row) -> str:
+    return f"[{row.severity.upper()}] {row.title} ({row.service}) — {row.incident_id}"
+
+
 def _seconds(later: datetime | None, earlier: datetime) -> float | None:
     return (later - earlier).total_seconds() if later is not None else None
 
@@ -72,13 +87,15 @@ class IncidentService:
         *,
         engine: Engine,
         oncall: OnCallClient,
-        notifier: NotificationClient,
+        outbox: NotificationOutbox,
+        idempotency: IdempotencyKeys,
         metrics: IncidentMetrics,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.oncall = oncall
-        self.notifier = notifier
+        self.outbox = outbox
+        self.idempotency = idempotency
         self.metrics = metrics
         self.clock = clock
 
@@ -93,22 +110,59 @@ class IncidentService:
         description: str | None = None,
         alert_ids: Sequence[uuid.UUID] = (),
     ) -> dict[str, Any]:
-        row = self._insert_with_fresh_id(
+        return self.create_incident(
             title=title, service=service, severity=severity, description=description, alert_ids=alert_ids
-        )
-        self.metrics.incident_opened(severity)
+        ).incident
 
-        assignee = self.oncall.current(service).primary
-        if assignee is not None:
-            with transaction(self.engine, write=True) as conn:
-                row = repo.update_incident(conn, row.id, {"assigned_to": assignee, "updated_at": self.clock()})
-        self._notify(row, engineer=assignee or service)
+    def create_incident(self, *, idempotency_key: str | None = None, **fields: Any) -> Created:
+        """Open an incident: assignee asked first, then the incident, its timeline and its notification
+        committed together, so a crash after the commit loses nothing; delivery is tried right away."""
+        reservation: Reservation | None = None
+        if idempotency_key is not None:
+            claim = self.idempotency.reserve(idempotency_key, request_fingerprint(fields))
+            if isinstance(claim, Replay):
+                return Created(self._replayed(claim), replayed=True)
+            reservation = claim
+        try:
+            assignee = self.oncall.current(fields["service"]).primary
+            row, pending = self._insert_with_fresh_id(assignee=assignee, reservation=reservation, **fields)
+        except BaseException:
+            if reservation is not None:
+                self._release_quietly(reservation)
+            raise
+        self.metrics.incident_opened(row.severity)
+        self.outbox.deliver(pending)
+        if reservation is not None:
+            try:
+                self.idempotency.complete(reservation)
+            except sa.exc.SQLAlchemyError:
+                # The incident is committed: a retry replays it once the reservation goes stale.
+                log.warning("could not mark an idempotency key complete", exc_info=True)
 
         with transaction(self.engine) as conn:
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
+        return Created(incident_document(row, alerts))
+
+    def _replayed(self, replay: Replay) -> dict[str, Any]:
+        with transaction(self.engine) as conn:
+            row = idempotency_queries.incident_by_pk(conn, replay.incident_pk)
+            alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return incident_document(row, alerts)
 
-    def _insert_with_fresh_id(self, *, alert_ids: Sequence[uuid.UUID], **fields: Any) -> Row:
+    def _release_quietly(self, reservation: Reservation) -> None:
+        try:
+            self.idempotency.release(reservation)
+        except sa.exc.SQLAlchemyError:
+            log.warning("could not release an idempotency key; it frees itself when stale", exc_info=True)
+
+    def _insert_with_fresh_id(
+        self,
+        *,
+        alert_ids: Sequence[uuid.UUID] = (),
+        assignee: str | None,
+        reservation: Reservation | None,
+        **fields: Any,
+    ) -> tuple[Row, Pending]:
         now = self.clock()
         for attempt in range(1, _ID_ATTEMPTS + 1):
             values = {
@@ -116,6 +170,7 @@ class IncidentService:
                 "id": uuid.uuid4(),
                 "incident_id": new_incident_id(),
                 "status": lifecycle.Status.OPEN.value,
+                "assigned_to": assignee,
                 "notes": [],
                 "created_at": now,
                 "updated_at": now,
@@ -124,26 +179,27 @@ class IncidentService:
                 with transaction(self.engine, write=True) as conn:
                     row = repo.insert_incident(conn, values)
                     repo.link_alerts(conn, row.id, alert_ids, now)
-                return row
+                    events.record_event(conn, row.id, "created", at=now, details={
+                        "title": row.title, "service": row.service, "severity": row.severity,
+                    })
+                    if alert_ids:
+                        events.record_event(conn, row.id, "alerts_linked", at=now,
+                                            details={"alert_ids": [str(a) for a in alert_ids]})
+                    if assignee is not None:
+                        events.record_event(conn, row.id, "assigned", at=now, details={"assigned_to": assignee})
+                    pending = self.outbox.enqueue(
+                        conn, incident=row, engineer=assignee or row.service, message=notification_message(row),
+                        now=now,
+                    )
+                    if reservation is not None:
+                        self.idempotency.attach(conn, reservation, row.id)
+                return row, pending
             except sa.exc.IntegrityError:
                 # 64 random bits: a collision is rare, and is met with a new id, never a 500.
                 if attempt == _ID_ATTEMPTS:
                     raise
                 log.warning("incident id collision, retrying", extra={"attempt": attempt})
         raise AssertionError("unreachable")
-
-    def _notify(self, row: Row, *, engineer: str) -> bool:
-        delivered = self.notifier.send(
-            {
-                "incident_id": row.incident_id,
-                "engineer": engineer,
-                "channel": CHANNEL,
-                "message": f"[{row.severity.upper()}] {row.title} ({row.service}) — {row.incident_id}",
-                "severity": row.severity,
-            }
-        )
-        self.metrics.notification_attempted(CHANNEL, delivered)
-        return delivered
 
     # ------------------------------------------------------------------ read
 
@@ -194,11 +250,16 @@ class IncidentService:
             if transition is not None:
                 changes["status"] = transition.to_status
                 changes["acknowledged_at" if transition.acknowledges else "resolved_at"] = now
+                events.record_event(conn, row.id, transition.to_status, at=now, actor=author,
+                                    details={"from": transition.from_status})
             if assigned_to is not UNSET and assigned_to != row.assigned_to:
                 changes["assigned_to"] = assigned_to
+                events.record_event(conn, row.id, "reassigned", at=now, actor=author,
+                                    details={"from": row.assigned_to, "to": assigned_to})
             if note is not None:
                 entry = {"text": note, "author": author, "created_at": now.isoformat(timespec="microseconds")}
                 changes["notes"] = [*row.notes, entry]
+                events.record_event(conn, row.id, "note_added", at=now, actor=author, details={"text": note})
             if changes:
                 row = repo.update_incident(conn, row.id, {**changes, "updated_at": now})
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
@@ -206,3 +267,32 @@ class IncidentService:
         if transition is not None:
             self.metrics.status_changed(transition, row.severity, (now - row.created_at).total_seconds())
         return Update(incident_document(row, alerts), transition)
+
+    # ------------------------------------------------------------------ alerts and timeline
+
+    def link_alerts(self, incident_id: str, alert_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
+        """Link more alerts; one already linked is left as it was, so a retry changes nothing."""
+        if not INCIDENT_ID.fullmatch(incident_id):
+            raise IncidentNotFound(incident_id)
+        with transaction(self.engine, write=True) as conn:
+            row = repo.find_incident(conn, incident_id, for_update=True)
+            if row is None:
+                raise IncidentNotFound(incident_id)
+            linked = {alert["alert_id"] for alert in repo.linked_alerts(conn, [row.id])[row.id]}
+            new = [alert_id for alert_id in dict.fromkeys(alert_ids) if alert_id not in linked]
+            if new:
+                now = self.clock()
+                repo.link_alerts(conn, row.id, new, now)
+                events.record_event(conn, row.id, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in new]})
+                row = repo.update_incident(conn, row.id, {"updated_at": now})
+            alerts = repo.linked_alerts(conn, [row.id])[row.id]
+        return incident_document(row, alerts)
+
+    def timeline(self, incident_id: str) -> dict[str, Any]:
+        if not INCIDENT_ID.fullmatch(incident_id):
+            raise IncidentNotFound(incident_id)
+        with transaction(self.engine) as conn:
+            row = repo.find_incident(conn, incident_id)
+            if row is None:
+                raise IncidentNotFound(incident_id)
+            return {"incident_id": incident_id, "events": events.list_events(conn, row.id)}

@@ -94,8 +94,24 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _keys(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _directory(raw: str) -> str:
+    value = raw.strip()
+    if not os.path.isdir(value):
+        raise ValueError("must be an existing directory")
+    return value
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,11 @@ class Settings:
     mttr_buckets: tuple[float, ...] = (300, 600, 1800, 3600, 7200, 14400, 28800)
     log_level: str = "INFO"
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Set by gunicorn.conf.py: prometheus_client's multiprocess mode, one set of files per worker.
+    prometheus_multiproc_dir: str | None = None
+    # Escalation checks, outbox retries and key expiry inside each gunicorn worker; off when a
+    # separate `flask background run` process does them instead.
+    background_work: bool = True
 
     @property
     def is_production(self) -> bool:
@@ -174,4 +195,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MTTR_BUCKETS": ("mttr_buckets", _buckets),
     "LOG_LEVEL": ("log_level", _log_level),
     "API_KEYS": ("api_keys", _keys),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
+    "BACKGROUND_WORK": ("background_work", _flag),
 }

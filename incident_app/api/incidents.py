@@ -37,17 +37,32 @@ class Incidents(MethodView):
         return incidents_service().list_incidents(filters, limit=query["limit"], offset=query["offset"])
 
     @blp.arguments(schemas.IncidentCreateSchema)
-    @blp.response(201, schemas.IncidentSchema, description="The incident, with its linked alerts.")
-    def post(self, body: dict[str, Any]):
+    @blp.arguments(schemas.IdempotencyHeaderSchema, location="headers")
+    @blp.response(
+        201, schemas.IncidentSchema, description="The incident, with its linked alerts.",
+        headers={
+            "Location": {"description": "The incident's URL.", "schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "description": "`true` when this answers a retry with an Idempotency-Key already used.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+    )
+    @blp.alt_response(409, response="CONFLICT", description="A request with this Idempotency-Key is in flight.")
+    def post(self, body: dict[str, Any], headers: dict[str, Any]):
         """Open an incident
 
-        Stores the incident as `open`, asks the On-Call Service who is on call for `service` and
-        assigns them, then notifies through the Notification Service. A peer that is down or slow
-        never fails the creation: the incident is then unassigned, or its notification counted failed.
+        Asks the On-Call Service who is on call for `service`, then stores the incident as `open`,
+        assigned to them, with its notification in the same transaction; the notification is sent right
+        away, and retried in the background if the Notification Service does not accept it. A peer
+        that is down or slow never fails the creation.
         """
-        incident = incidents_service().open_incident(**body)
-        location = url_for("incidents.Incident", incident_id=incident["incident_id"])
-        return incident, 201, {"Location": location}
+        created = incidents_service().create_incident(idempotency_key=headers.get("idempotency_key"), **body)
+        location = url_for("incidents.Incident", incident_id=created.incident["incident_id"])
+        response_headers = {"Location": location}
+        if created.replayed:
+            response_headers["Idempotent-Replayed"] = "true"
+        return created.incident, 201, response_headers
 
 
 @blp.route("/analytics")
@@ -84,3 +99,30 @@ class Incident(MethodView):
         Any other transition is a 400 naming both statuses. All fields apply together or none does.
         """
         return incidents_service().update_incident(incident_id, **body).incident
+
+
+@blp.route("/<string:incident_id>/events")
+class Timeline(MethodView):
+    @blp.response(200, schemas.TimelineSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, incident_id: str):
+        """The incident's timeline, oldest first
+
+        `created`, `assigned`, `notified`, `notification_failed`, `acknowledged`, `escalated`,
+        `reassigned`, `note_added`, `resolved`, `alerts_linked`; each written in the transaction of
+        the change it records.
+        """
+        return incidents_service().timeline(incident_id)
+
+
+@blp.route("/<string:incident_id>/alerts")
+class IncidentAlerts(MethodView):
+    @blp.arguments(schemas.AlertLinkSchema)
+    @blp.response(200, schemas.IncidentSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def post(self, body: dict[str, Any], incident_id: str):
+        """Link more alerts to an incident
+
+        Linking an alert that is already linked changes nothing, so the call is safe to retry.
+        """
+        return incidents_service().link_alerts(incident_id, body["alert_ids"])

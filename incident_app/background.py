@@ -1,0 +1,77 @@
+"""Background work inside the service: outbox retries, escalation checks, expiry of idempotency keys.
+
+One loop per process (a greenlet in a gevent worker, a thread elsewhere). Running it in every
+worker of every replica is safe because each piece of work is claimed through the database.
+Turn it off with BACKGROUND_WORK=false and run `flask --app wsgi background run` once instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from incident_app.escalation import Escalator
+from incident_app.idempotency import IdempotencyKeys
+from incident_app.outbox import NotificationOutbox
+
+log = logging.getLogger(__name__)
+
+OUTBOX_EVERY = 1.0
+PURGE_EVERY = 300.0
+
+
+@dataclass
+class _Job:
+    name: str
+    every: float
+    run: Callable[[], object]
+    next_at: float = 0.0
+
+
+@dataclass
+class BackgroundWork:
+    outbox: NotificationOutbox
+    escalator: Escalator
+    idempotency: IdempotencyKeys
+    escalation_every: float
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def jobs(self) -> list[_Job]:
+        return [
+            _Job("deliver notifications", OUTBOX_EVERY, self.outbox.deliver_due),
+            _Job("escalate incidents", self.escalation_every, self.escalator.escalate_due),
+            _Job("expire idempotency keys", PURGE_EVERY, self.idempotency.purge_expired),
+        ]
+
+    def run(self) -> None:
+        """Until stop(): each job when its period has passed. A failing job (database down) is
+        logged and tried again next period; it never ends the loop."""
+        jobs = self.jobs()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for job in jobs:
+                if now < job.next_at or self._stop.is_set():
+                    continue
+                job.next_at = now + job.every
+                try:
+                    job.run()
+                except Exception as exc:  # the next period retries; the database may be back by then
+                    log.warning("background job failed: %s: %s", job.name, exc.__class__.__name__)
+            self._stop.wait(max(0.05, min(job.next_at for job in jobs) - time.monotonic()))
+
+    def start(self) -> BackgroundWork:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name="background-work", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,120 @@
+"""Durable notifications: a notification is written to the outbox in the transaction of the change
+that causes it, delivered right after the commit, and retried from background work with backoff
+(5 s, then doubling up to 5 minutes) until delivered or 24 hours old. At least once: the body
+carries `notification_id`, stable across retries, so the receiver can drop duplicates."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine, Row
+
+from incident_app.db import transaction
+from incident_app.metrics import IncidentMetrics
+from incident_app.peers.notify import CHANNEL, NotificationClient
+from incident_app.repository import events
+from incident_app.repository import outbox as queue
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY = timedelta(seconds=5)
+MAX_RETRY_WAIT = timedelta(minutes=5)
+GIVE_UP_AFTER = timedelta(hours=24)
+CLAIM_BATCH = 20
+
+
+def retry_wait(failed_attempts: int) -> timedelta:
+    """Wait before the next attempt after `failed_attempts` failures: 5 s, 10 s, 20 s … 5 min."""
+    return min(FIRST_RETRY * (2 ** max(failed_attempts - 1, 0)), MAX_RETRY_WAIT)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A notification committed to the outbox, leased to the transaction's author for its first try."""
+
+    id: uuid.UUID
+    incident_pk: uuid.UUID
+    payload: dict[str, Any]
+    attempts: int = 0
+
+
+class NotificationOutbox:
+    def __init__(
+        self, *, engine: Engine, notifier: NotificationClient, metrics: IncidentMetrics,
+        clock: Callable[[], datetime], lease: timedelta,
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.metrics = metrics
+        self.clock = clock
+        # How long a claimed row is left alone: longer than one call to the Notification Service.
+        self.lease = lease
+
+    def enqueue(
+        self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime
+    ) -> Pending:
+        """Write the notification in the caller's transaction, leased to the caller for one try."""
+        notification_id = uuid.uuid4()
+        payload = {
+            "incident_id": incident.incident_id,
+            "engineer": engineer,
+            "channel": CHANNEL,
+            "message": message,
+            "severity": incident.severity,
+            "notification_id": str(notification_id),
+        }
+        queue.enqueue(
+            conn, notification_id=notification_id, incident_pk=incident.id, payload=payload, now=now,
+            first_attempt_at=now + self.lease,
+        )
+        return Pending(notification_id, incident.id, payload)
+
+    def deliver(self, pending: Pending) -> bool:
+        """One attempt, then its outcome recorded; metrics after the commit."""
+        delivered = self.notifier.send(pending.payload)
+        attempts = pending.attempts + 1
+        now = self.clock()
+        try:
+            with transaction(self.engine, write=True) as conn:
+                row = queue.find_pending(conn, pending.id)
+                if row is not None:
+                    self._record(conn, row, delivered=delivered, attempts=attempts, now=now)
+        except Exception:  # the lease expires and the row is retried
+            log.exception("could not record a notification attempt", extra={"notification_id": str(pending.id)})
+        self.metrics.notification_attempted(CHANNEL, delivered)
+        return delivered
+
+    def _record(self, conn: Connection, row: Row, *, delivered: bool, attempts: int, now: datetime) -> None:
+        details = {"notification_id": str(row.id), "engineer": row.payload.get("engineer"), "attempt": attempts}
+        if delivered:
+            queue.finish(conn, row.id, state=queue.SENT, attempts=attempts, now=now)
+            events.record_event(conn, row.incident_id, "notified", at=now, details=details)
+        elif now - row.created_at >= GIVE_UP_AFTER:
+            queue.finish(conn, row.id, state=queue.EXPIRED, attempts=attempts, now=now)
+            events.record_event(conn, row.incident_id, "notification_failed", at=now,
+                                details={**details, "gave_up": True})
+        else:
+            queue.reschedule(conn, row.id, attempts=attempts, next_attempt_at=now + retry_wait(attempts))
+            if attempts == 1:
+                # One timeline entry when delivery first fails, not one per retry for a day.
+                events.record_event(conn, row.incident_id, "notification_failed", at=now,
+                                    details={**details, "retrying": True})
+
+    def deliver_due(self, *, now: datetime | None = None, limit: int = CLAIM_BATCH) -> int:
+        """Claim due rows and try each once, concurrently. Returns how many were tried."""
+        now = now or self.clock()
+        with transaction(self.engine, write=True) as conn:
+            claimed = queue.claim_due(conn, now=now, lease_until=now + self.lease, limit=limit)
+        if not claimed:
+            return 0
+        batch = [Pending(row.id, row.incident_id, dict(row.payload), row.attempts) for row in claimed]
+        # Threads are greenlets under gevent: one slow call does not delay the others.
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            list(pool.map(self.deliver, batch))
+        return len(batch)
