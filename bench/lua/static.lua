@@ -1,0 +1,1 @@
+-- The same GET every time (the URL given to wrk): wrk's fast path, nothing built per request.

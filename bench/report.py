@@ -1,0 +1,106 @@
+"""The benchmark's outputs: a console line per scenario, a Markdown table, a PNG chart, and a
+summary of py-spy's collapsed stacks."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _met(value: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "n/a at this size"}[value]
+
+
+def console_line(scenario: Any, result: dict[str, Any]) -> str:
+    ratio = f"{result['ratio']:6.1%} of {scenario.ceiling}" if "ratio" in result else ""
+    verdict = f"  [{_met(result.get('met'))}: {result['target']}]" if scenario.min_ratio or scenario.max_p50_ms else ""
+    return (f"{scenario.name:20s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}")
+
+
+def markdown(document: dict[str, Any]) -> str:
+    s = document["settings"]
+    lines = [
+        f"# Benchmark {document['name']}",
+        "",
+        f"{s['rows']:,} incidents; wrk {s['threads']} threads, {s['connections']} connections; "
+        f"{s['warmup']:g} s warm-up then the median of {s['runs']} runs of {s['duration']:g} s; "
+        f"2 gevent workers; {document['machine']['cpus']} CPUs shared by wrk, gunicorn and PostgreSQL. "
+        f"Commit {document['commit']}, {document['started_at']}.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | errors | vs ceiling | target | | worker RSS MiB (before → after) |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for row in document["scenarios"]:
+        if "skipped" in row:
+            lines.append(f"| {row['description']} | – | – | – | – | – | skipped: {row['skipped']} | | |")
+            continue
+        ratio = f"{row['ratio']:.0%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
+        target = row.get("target", "") if (row["min_ratio"] or row["max_p50_ms"] or row["max_p99_ms"]) else ""
+        met = _met(row.get("met")) if target else ("**errors**" if row["errors"] else "")
+        rss = f"{row['rss_mib_before']} → {row['rss_mib_after']}"
+        note = f" ({row['note']})" if row.get("note") else ""
+        lines.append(
+            f"| {row['description']}{note} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
+            f"| {row['errors']} | {ratio} | {target} | {met} | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(document: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in document["scenarios"] if "skipped" not in r]
+    names = [r["name"] for r in rows]
+    colours = ["#7f7f7f" if r["app"] == "ceiling" else ("#d62728" if r.get("met") is False else "#1f77b4")
+               for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.42 * len(rows) + 1.6), sharey=True)
+    positions = range(len(rows))
+    left.barh(positions, [r["rps"] for r in rows], color=colours)
+    left.set_xlabel("requests/s (median)")
+    left.set_yticks(list(positions), names)
+    left.invert_yaxis()
+    for position, row in zip(positions, rows, strict=False):
+        if "ratio" in row:
+            left.annotate(f" {row['ratio']:.0%}", (row["rps"], position), va="center", fontsize=8)
+    right.barh(positions, [r["p99_ms"] for r in rows], color=colours)
+    right.set_xscale("log")
+    right.set_xlabel("p99 latency, ms (log scale)")
+    s = document["settings"]
+    fig.suptitle(f"{s['rows']:,} incidents, {s['connections']} connections, 2 gevent workers — grey: the ceiling; "
+                 "% = share of the ceiling's req/s; red: target missed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def profile_summary(paths: list[Path], top: int = 25) -> str:
+    """Own time and total time per function, from py-spy's collapsed (`--format raw`) stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            samples += n
+            frames = stack.split(";")
+            own[frames[-1]] += n
+            for frame in set(frames):
+                total[frame] += n
+    out = [f"{samples} samples", "", "own time:"]
+    out += [f"  {n / samples:6.1%}  {frame}" for frame, n in own.most_common(top)]
+    out += ["", "total time:"]
+    out += [f"  {n / samples:6.1%}  {frame}" for frame, n in total.most_common(top)]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(profile_summary([Path(p) for p in sys.argv[1:]]))

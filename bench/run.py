@@ -1,0 +1,416 @@
+"""Load benchmark: the service under production settings against the ceiling of its stack.
+
+    python bench/run.py                      # 100,000 rows, every scenario, 3 runs of 15 s
+    python bench/run.py --rows 1000000 --scenarios analytics_all
+    python bench/run.py --rows 20000 --duration 3 --runs 1 --warmup 1   # a quick iteration
+
+One run: a fresh PostgreSQL database, migrated by the service's own migrations and seeded in SQL;
+fake On-Call/Notification peers (gevent, own process); the service under
+`gunicorn -c gunicorn.conf.py wsgi:app` with WEB_CONCURRENCY=2; the ceiling app (bench/ceiling.py)
+under the same configuration; wrk (2 threads, 32 connections) per scenario: a warm-up, then
+`--runs` runs whose median is reported. Results go to bench/results/<name>.{json,md,png}; the
+database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import requests  # noqa: E402
+
+from bench import report, seed  # noqa: E402
+
+LUA = ROOT / "bench" / "lua"
+RESULTS = ROOT / "bench" / "results"
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SAMPLED_IDS = 20_000
+WRK_TIMEOUT = "10s"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    path: str  # the URL path (with query), or the prefix an id is appended to
+    script: str = "static.lua"
+    app: str = "service"  # or "ceiling"
+    ids: str | None = None  # "sample": existing incidents; "open": fresh open ones per run
+    # Targets: a ratio to a ceiling scenario, latency bounds, and the row count they apply from.
+    ceiling: str | None = None
+    min_ratio: float | None = None
+    max_p50_ms: float | None = None
+    max_p99_ms: float | None = None
+    target_rows: int = 0
+
+
+def scenarios(rows: int, now: datetime) -> list[Scenario]:
+    since = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    deep = min(10_000, rows // 2)
+    api = "/api/v1/incidents"
+    list_target = {"ceiling": "ceiling_select", "min_ratio": 0.5, "max_p99_ms": 100.0}
+    return [
+        Scenario("ceiling_select", "ceiling: one SELECT by key", "/ceiling/incidents/", "by_id.lua", "ceiling",
+                 "sample"),
+        Scenario("ceiling_insert", "ceiling: one INSERT … RETURNING", "/ceiling/incidents", "create.lua", "ceiling"),
+        Scenario("get_one", "GET one incident (random ids)", f"{api}/", "by_id.lua", ids="sample",
+                 ceiling="ceiling_select", min_ratio=0.75),
+        Scenario("list_all", "list limit=50, no filter", f"{api}?limit=50", **list_target),
+        Scenario("list_status", "list limit=50, status=open", f"{api}?limit=50&status=open", **list_target),
+        Scenario("list_severity", "list limit=50, severity=high", f"{api}?limit=50&severity=high", **list_target),
+        Scenario("list_service", "list limit=50, service=svc-10", f"{api}?limit=50&service=svc-10", **list_target),
+        Scenario("list_deep_offset", f"list limit=50, offset={deep}", f"{api}?limit=50&offset={deep}",
+                 ceiling="ceiling_select"),
+        Scenario("analytics_all", "analytics, no filter", f"{api}/analytics", ceiling="ceiling_select",
+                 max_p50_ms=300.0, target_rows=1_000_000),
+        Scenario("analytics_filtered", "analytics, service + 30-day window",
+                 f"{api}/analytics?service=svc-05&since={since}&until={until}", ceiling="ceiling_select"),
+        Scenario("create", "POST create (On-Call + Notification)", api, "create.lua",
+                 ceiling="ceiling_insert", min_ratio=0.35),
+        Scenario("note", "PATCH note append", f"{api}/", "note.lua", ids="sample", ceiling="ceiling_insert"),
+        Scenario("acknowledge", "PATCH acknowledge (a new open incident each)", f"{api}/", "acknowledge.lua",
+                 ids="open", ceiling="ceiling_insert", min_ratio=0.5),
+        Scenario("metrics", "GET /metrics", "/metrics", ceiling="ceiling_select"),
+        Scenario("health_ready", "GET /health/ready", "/health/ready", ceiling="ceiling_select"),
+    ]
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A child in its own session, so that stopping it stops everything it started."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+
+    def wait_until_answers(self, url: str, ok: tuple[int, ...] = (200,), timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see {self.log_path}")
+            try:
+                if requests.get(url, timeout=1).status_code in ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer {url} within {timeout} s; see {self.log_path}")
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.popen.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def gunicorn(name: str, app: str, port: int, env: dict[str, str], log_dir: Path, *extra: str) -> Process:
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra, app]
+    return Process(name, argv, {**env, "SERVICE_PORT": str(port)}, log_dir)
+
+
+def worker_rss_mib(process: Process) -> list[float]:
+    sizes = []
+    for worker in process.workers():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            sizes.append(round(worker.memory_info().rss / 2**20, 1))
+    return sorted(sizes)
+
+
+# ----------------------------------------------------------------------------- wrk
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is missing: installing the Debian package", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk") or sys.exit("wrk could not be installed")
+
+
+def wrk_script(scenario: Scenario, work_dir: Path, settings: dict[str, Any]) -> Path:
+    """common.lua and the scenario's script, behind a BENCH table of this run's settings."""
+    fields = ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
+    text = f"BENCH = {{{fields}}}\n" + (LUA / "common.lua").read_text() + (LUA / scenario.script).read_text()
+    path = work_dir / f"{scenario.name}.lua"
+    path.write_text(text)
+    return path
+
+
+def run_wrk(wrk: str, url: str, script: Path, *, threads: int, connections: int, duration: float) -> dict[str, Any]:
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s",
+            "--timeout", WRK_TIMEOUT, "-s", str(script), url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    return parse_wrk_output(done.stdout, done.stderr)
+
+
+def parse_wrk_output(stdout: str, stderr: str = "") -> dict[str, Any]:
+    for line in stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            raw = json.loads(line.removeprefix("BENCH_RESULT "))
+            seconds = raw["duration_us"] / 1e6
+            return {
+                "requests": int(raw["requests"]),
+                "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+                "p50_ms": raw["p50_us"] / 1000,
+                "p90_ms": raw["p90_us"] / 1000,
+                "p99_ms": raw["p99_us"] / 1000,
+                "max_ms": raw["max_us"] / 1000,
+                "errors": sum(raw["errors"].values()),
+                "error_kinds": {k: int(v) for k, v in raw["errors"].items() if v},
+            }
+    raise RuntimeError(f"wrk printed no result:\n{stdout}\n{stderr}")
+
+
+# ----------------------------------------------------------------------------- profiling
+
+
+def profile_workers(process: Process, out_dir: Path, name: str, seconds: float) -> list[subprocess.Popen]:
+    """py-spy on every worker while a run goes on; collapsed stacks, summarised by report.py."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for worker in process.workers():
+        argv = ["py-spy", "record", "--pid", str(worker.pid), "--duration", str(int(seconds)), "--rate", "200",
+                "--format", "raw", "--nonblocking", "-o", str(out_dir / f"{name}-{worker.pid}.txt")]
+        spies.append(subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def summarise(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def judge(scenario: Scenario, result: dict[str, Any], ceilings: dict[str, dict[str, Any]], rows: int) -> None:
+    """Adds the ratio to the ceiling and, where the issue sets one, whether the target is met."""
+    ceiling = ceilings.get(scenario.ceiling or "")
+    if ceiling and ceiling.get("rps"):
+        result["ratio"] = round(result["rps"] / ceiling["rps"], 3)
+    checks, misses = [], []
+    if scenario.min_ratio is not None and "ratio" in result:
+        checks.append(f"≥ {scenario.min_ratio:.0%} of {scenario.ceiling}")
+        if result["ratio"] < scenario.min_ratio:
+            misses.append("ratio")
+    if scenario.max_p50_ms is not None:
+        checks.append(f"p50 < {scenario.max_p50_ms:g} ms" + (f" at {scenario.target_rows:,} rows"
+                                                               if scenario.target_rows else ""))
+        if result["p50_ms"] >= scenario.max_p50_ms:
+            misses.append("p50")
+    if scenario.max_p99_ms is not None:
+        checks.append(f"p99 < {scenario.max_p99_ms:g} ms")
+        if result["p99_ms"] >= scenario.max_p99_ms:
+            misses.append("p99")
+    checks.append("0 errors")
+    if result["errors"]:
+        misses.append("errors")
+    result["target"] = ", ".join(checks)
+    if rows < scenario.target_rows:
+        result["met"] = None  # the target is defined at a larger table
+    else:
+        result["met"] = not misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="incidents seeded (default 100,000)")
+    parser.add_argument("--duration", type=float, default=15, help="seconds per measured run (default 15)")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per scenario (default 3)")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of warm-up per scenario (default 5)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--scenarios", help="comma-separated subset (the ceilings always run)")
+    parser.add_argument("--profile", help="comma-separated scenarios to profile with py-spy during the first run")
+    parser.add_argument("--explain", action="store_true", help="write EXPLAIN ANALYZE of every list/analytics query")
+    parser.add_argument("--name", help="results file name (default: <rows>rows[-subset])")
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", ADMIN_URL),
+                        help="a PostgreSQL URL allowed to CREATE DATABASE")
+    parser.add_argument("--keep-database", action="store_true", help="do not drop the database (prints its URL)")
+    args = parser.parse_args(argv)
+
+    now = datetime.now(UTC)
+    every = scenarios(args.rows, now)
+    chosen = {s.name for s in every}
+    if args.scenarios:
+        wanted = set(args.scenarios.split(","))
+        unknown = wanted - chosen
+        if unknown:
+            parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in every)}")
+        chosen = wanted | {"ceiling_select", "ceiling_insert"}
+    selected = [s for s in every if s.name in chosen]
+    profiled = set(args.profile.split(",")) if args.profile else set()
+    name = args.name or f"{args.rows}rows" + (f"-{args.scenarios.replace(',', '-')}" if args.scenarios else "")
+    wrk = ensure_wrk()
+
+    work_dir = Path(tempfile.mkdtemp(prefix="incident-bench-"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    processes: list[Process] = []
+    started = time.monotonic()
+    finished = False
+    url = seed.create_database(args.admin_url)
+    try:
+        print(f"seeding {args.rows:,} incidents …", flush=True)
+        t0 = time.monotonic()
+        seed.migrate_and_seed(url, args.rows)
+        print(f"  seeded in {time.monotonic() - t0:.1f} s", flush=True)
+        sample = work_dir / "sample.ids"
+        sample.write_text("\n".join(seed.sample_incident_ids(url, SAMPLED_IDS)) + "\n")
+        if args.explain:
+            from bench import explain
+
+            explain_path = RESULTS / f"{name}-explain.md"
+            explain_path.write_text(explain.explain_report(url, args.rows, now))
+            print(f"  EXPLAIN ANALYZE written to {explain_path.relative_to(ROOT)}", flush=True)
+
+        peers_port, service_port, ceiling_port = free_port(), free_port(), free_port()
+        peers_url = f"http://127.0.0.1:{peers_port}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "WEB_CONCURRENCY": "2",
+            "ONCALL_SERVICE_URL": peers_url,
+            "NOTIFICATION_SERVICE_URL": peers_url,
+            "ENVIRONMENT": "benchmark",
+        }
+        peers = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(peers_port)],
+                        env, work_dir)
+        processes.append(peers)
+        service = gunicorn("service", "wsgi:app", service_port, env, work_dir)
+        processes.append(service)
+        ceiling = gunicorn("ceiling", "ceiling:application", ceiling_port, env, work_dir, "--pythonpath", "bench")
+        processes.append(ceiling)
+        peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
+        service.wait_until_answers(f"http://127.0.0.1:{service_port}/health/ready")
+        ceiling.wait_until_answers(f"http://127.0.0.1:{ceiling_port}/ceiling/incidents/inc-0", ok=(404,))
+        apps = {"service": (service, service_port), "ceiling": (ceiling, ceiling_port)}
+
+        results: dict[str, dict[str, Any]] = {}
+        for scenario in selected:
+            process, port = apps[scenario.app]
+            base = f"http://127.0.0.1:{port}"
+            probe = requests.get(base + scenario.path, timeout=30) if scenario.script == "static.lua" else None
+            if probe is not None and probe.status_code == 404:
+                results[scenario.name] = {"skipped": f"{scenario.path} answers 404 (not served yet)"}
+                print(f"{scenario.name:20s} skipped: {scenario.path} answers 404", flush=True)
+                continue
+            rss_before = worker_rss_mib(process)
+            runs = []
+            exhausted = False
+            for index in range(args.runs + 1):
+                duration = args.warmup if index == 0 else args.duration
+                settings: dict[str, Any] = {"threads": args.threads, "seed": 1000 * index + 7, "path": scenario.path}
+                if scenario.ids == "sample":
+                    settings["ids_file"] = str(sample)
+                elif scenario.ids == "open":
+                    rate = runs[-1]["rps"] if runs else results.get("ceiling_insert", {}).get("rps") or 2000
+                    provisioned = seed.provision_open_incidents(url, max(1000, int(rate * duration * 1.5)))
+                    ids_file = work_dir / f"open-{index}.ids"
+                    ids_file.write_text("\n".join(provisioned) + "\n")
+                    settings["ids_file"] = str(ids_file)
+                script = wrk_script(scenario, work_dir, settings)
+                spies = []
+                if index == 1 and scenario.name in profiled:
+                    spies = profile_workers(process, RESULTS / "profiles", f"{name}-{scenario.name}", args.duration)
+                outcome = run_wrk(wrk, base + ("" if scenario.ids else scenario.path), script,
+                                  threads=args.threads, connections=args.connections, duration=duration)
+                for spy in spies:
+                    spy.wait(timeout=args.duration + 60)
+                if scenario.ids == "open" and seed.count_open(url, provisioned) == 0:
+                    exhausted = True
+                if index > 0:
+                    runs.append(outcome)
+                elif outcome["requests"] == 0:
+                    raise RuntimeError(f"{scenario.name}: no request completed in the warm-up")
+            result = summarise(scenario, runs)
+            result.update(runs=runs, rss_mib_before=rss_before, rss_mib_after=worker_rss_mib(process))
+            if exhausted:
+                result["note"] = "ran out of provisioned open incidents: some acknowledges were no-ops"
+            results[scenario.name] = result
+            judge(scenario, result, results, args.rows)
+            print(report.console_line(scenario, result), flush=True)
+
+        document = {
+            "name": name,
+            "started_at": now.isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - started),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("admin_url",)},
+            "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+            "commit": _git_commit(),
+            "scenarios": [{**asdict(s), **results[s.name]} for s in selected if s.name in results],
+        }
+        (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(report.markdown(document))
+        report.chart(document, RESULTS / f"{name}.png")
+        print(f"results: bench/results/{name}.json, .md, .png ({document['seconds']} s)", flush=True)
+        finished = True
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        if args.keep_database:
+            print(f"database kept: {url}")
+        else:
+            seed.drop_database(args.admin_url, url)
+        if finished:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            print(f"logs kept in {work_dir}", file=sys.stderr)
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
