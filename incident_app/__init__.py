@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         **docs.CONFIG,
     )
     app.json.sort_keys = False
-    api = docs.IncidentApi(app, spec_kwargs={"extra_plugins": [docs.CommonResponses()], "info": {"description": docs.DESCRIPTION}})
+    api = docs.IncidentApi(app, spec_kwargs=docs.SPEC_KWARGS)
     docs.document_errors(api)
     api.register_blueprint(incidents.blp)
     api.register_blueprint(health.blp)
