@@ -10,11 +10,25 @@ from gevent import monkey
 monkey.patch_all()
 
 
+import glob
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
+
+# prometheus_client chooses multiprocess mode when it is first imported (incident_app imports it),
+# and workers inherit the environment at fork: the directory must be in place before that import.
+# Unset: a fresh directory for this start, removed at exit. Set: kept, and emptied in on_starting.
+_fresh_multiproc_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _fresh_multiproc_dir = tempfile.mkdtemp(prefix="incident-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _fresh_multiproc_dir
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from incident_app import migrate
 from incident_app.logs import JsonFormatter
@@ -57,6 +71,9 @@ MIGRATION_WAIT_SECONDS = 60
 def on_starting(server):
     """Migrate once, in the master, before any worker serves. Waits for a database still starting."""
     log = logging.getLogger("gunicorn.error")
+    # Files left by a previous run would add its counts to this one's (a reload does not come here).
+    for stale in glob.glob(os.path.join(settings.prometheus_multiproc_dir, "*.db")):
+        os.remove(stale)
     deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
     delay = 0.5
     while True:
@@ -94,3 +111,13 @@ def worker_exit(server, worker):
     background = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("background")
     if background is not None:
         background.stop(timeout=2)
+
+
+def child_exit(server, worker):
+    # A dead worker's counters and histograms keep counting in the sums; its live gauges must go.
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+
+
+def on_exit(server):
+    if _fresh_multiproc_dir is not None:
+        shutil.rmtree(_fresh_multiproc_dir, ignore_errors=True)
