@@ -1,0 +1,298 @@
+"""Migrations: an empty database of either dialect reaches the schema of tables.py, once, even when
+several replicas upgrade at the same time; the `flask db upgrade` CLI does the same."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from incident_app import migrate
+from incident_app.db import create_engine
+from incident_app.settings import Settings
+from incident_app.tables import SCHEMA, metadata
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DIALECTS = ("sqlite", "postgresql")
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def empty_database(request, tmp_path) -> str:
+    """The URL of an empty database of the dialect the test is parametrized with."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
+    return request.getfixturevalue("pg_database")()
+
+
+by_dialect = pytest.mark.parametrize("empty_database", DIALECTS, indirect=True)
+postgresql_only = pytest.mark.parametrize("empty_database", ["postgresql"], indirect=True)
+
+
+def upgraded(url: str) -> sa.Engine:
+    migrate.upgrade(Settings(database_url=url))
+    return create_engine(Settings(database_url=url))
+
+
+def our_schema(engine: sa.Engine) -> str | None:
+    return SCHEMA if engine.dialect.name == "postgresql" else None
+
+
+def schema_snapshot(engine: sa.Engine) -> dict[str, Any]:
+    """Everything a migration decides, as the database reports it."""
+    schema = our_schema(engine)
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        snapshot: dict[str, Any] = {"revision": migrate.current_revision(conn)}
+        for table in sorted(inspector.get_table_names(schema=schema)):
+            snapshot[table] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in
+                    inspector.get_columns(table, schema=schema)
+                ],
+                "pk": inspector.get_pk_constraint(table, schema=schema),
+                "fks": sorted(str(fk) for fk in inspector.get_foreign_keys(table, schema=schema)),
+                "indexes": sorted(str(ix) for ix in inspector.get_indexes(table, schema=schema)),
+                "uniques": sorted(str(u) for u in inspector.get_unique_constraints(table, schema=schema)),
+            }
+        if schema:
+            snapshot["enums"] = sorted(str(e) for e in inspector.get_enums(schema=schema))
+    return snapshot
+
+
+# --------------------------------------------------------------------------- from empty to head
+
+
+@by_dialect
+def test_upgrade_from_empty_reaches_head(empty_database):
+    engine = upgraded(empty_database)
+    try:
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.head_revision()
+            assert migrate.is_current(conn)
+            tables = set(sa.inspect(conn).get_table_names(schema=our_schema(engine)))
+        assert {"incidents", "incident_alerts"} <= tables
+        assert tables - {"alembic_version"} == {t.name for t in metadata.sorted_tables}
+    finally:
+        engine.dispose()
+
+
+@postgresql_only
+def test_postgresql_schema_enums_jsonb_and_indexes(empty_database):
+    engine = upgraded(empty_database)
+    try:
+        with engine.connect() as conn:
+            enums = conn.execute(sa.text(
+                "SELECT t.typname, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)"
+                " FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid"
+                " JOIN pg_namespace n ON n.oid = t.typnamespace"
+                " WHERE n.nspname = :schema GROUP BY t.typname"
+            ), {"schema": SCHEMA}).all()
+            columns = dict(conn.execute(sa.text(
+                "SELECT column_name, udt_name FROM information_schema.columns"
+                " WHERE table_schema = :schema AND table_name = 'incidents'"
+            ), {"schema": SCHEMA}).all())
+            alert_columns = dict(conn.execute(sa.text(
+                "SELECT column_name, udt_name FROM information_schema.columns"
+                " WHERE table_schema = :schema AND table_name = 'incident_alerts'"
+            ), {"schema": SCHEMA}).all())
+            indexes = dict(conn.execute(sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = :schema"
+            ), {"schema": SCHEMA}).all())
+            fks = sa.inspect(conn).get_foreign_keys("incident_alerts", schema=SCHEMA)
+            version_schema = conn.execute(sa.text(
+                "SELECT table_schema FROM information_schema.tables WHERE table_name = 'alembic_version'"
+            )).scalars().all()
+    finally:
+        engine.dispose()
+
+    assert dict(enums) == {
+        "severity_level": ["critical", "high", "medium", "low"],
+        "incident_status": ["open", "acknowledged", "resolved"],
+    }
+    assert {name: columns[name] for name in (
+        "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
+        "created_at", "acknowledged_at", "resolved_at", "updated_at",
+    )} == {
+        "id": "uuid", "incident_id": "varchar", "title": "varchar", "description": "text", "service": "varchar",
+        "severity": "severity_level", "status": "incident_status", "assigned_to": "varchar", "notes": "jsonb",
+        "created_at": "timestamptz", "acknowledged_at": "timestamptz", "resolved_at": "timestamptz",
+        "updated_at": "timestamptz",
+    }
+    assert alert_columns == {"incident_id": "uuid", "alert_id": "uuid", "linked_at": "timestamptz"}
+    assert [(fk["referred_schema"], fk["referred_table"], fk["options"].get("ondelete")) for fk in fks] == [
+        (SCHEMA, "incidents", "CASCADE")
+    ]
+    assert version_schema == [SCHEMA]  # other services' migrations keep their own version tables
+    # Newest-first listing, alone and behind each filter, and links by alert.
+    assert "(created_at DESC, incident_id DESC)" in indexes["ix_incidents_created_at"]
+    for column in ("status", "severity", "service"):
+        assert f"({column}, created_at DESC, incident_id DESC)" in indexes[f"ix_incidents_{column}_created_at"]
+    assert "(alert_id)" in indexes["ix_incident_alerts_alert_id"]
+    assert "UNIQUE" in indexes["uq_incidents_incident_id"]
+
+
+@postgresql_only
+def test_postgresql_defaults_fill_status_and_notes(empty_database):
+    engine = upgraded(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                f"INSERT INTO {SCHEMA}.incidents (id, incident_id, title, service, severity, created_at, updated_at)"
+                " VALUES (gen_random_uuid(), 'inc-0000000000000001', 't', 's', 'low', now(), now())"
+            ))
+            status, notes = conn.execute(sa.text(f"SELECT status, notes FROM {SCHEMA}.incidents")).one()
+            with pytest.raises(sa.exc.DataError), conn.begin_nested():
+                conn.execute(sa.text(f"UPDATE {SCHEMA}.incidents SET severity = 'urgent'"))
+    finally:
+        engine.dispose()
+    assert (status, notes) == ("open", [])
+
+
+# --------------------------------------------------------------------------- no drift from tables.py
+
+
+def _sqlite_metadata() -> sa.MetaData:
+    """tables.py without its schema: on SQLite the engine maps `incidents` to the main database."""
+    flat = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(flat, schema=None, referred_schema_fn=lambda *_: sa.BLANK_SCHEMA)
+    return flat
+
+
+def _include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    return name in (SCHEMA, None) if type_ == "schema" else True
+
+
+@by_dialect
+def test_migrations_and_tables_py_do_not_drift(empty_database):
+    engine = upgraded(empty_database)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_schemas": postgres,
+                "include_name": _include_name,
+                "version_table_schema": SCHEMA if postgres else None,
+            })
+            differences = compare_metadata(context, metadata if postgres else _sqlite_metadata())
+    finally:
+        engine.dispose()
+    assert differences == []
+
+
+# --------------------------------------------------------------------------- upgrading again
+
+
+@by_dialect
+def test_upgrading_twice_changes_nothing(empty_database):
+    engine = upgraded(empty_database)
+    try:
+        before = schema_snapshot(engine)
+        with engine.begin() as conn:
+            conn.execute(metadata.tables[f"{SCHEMA}.incidents"].insert().values(
+                id=uuid.UUID(int=1), incident_id="inc-0000000000000001", title="kept", service="api",
+                severity="low", status="open", notes=[], created_at=NOW, updated_at=NOW,
+            ))
+        migrate.upgrade(Settings(database_url=empty_database))
+        after = schema_snapshot(engine)
+        with engine.connect() as conn:
+            titles = conn.execute(sa.select(metadata.tables[f"{SCHEMA}.incidents"].c.title)).scalars().all()
+    finally:
+        engine.dispose()
+    assert after == before
+    assert titles == ["kept"]
+
+
+# --------------------------------------------------------------------------- replicas starting together
+
+_UPGRADE_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from incident_app import migrate
+from incident_app.settings import Settings
+
+url, ready, go = sys.argv[1:4]
+Path(ready).touch()
+deadline = time.monotonic() + 60
+while not Path(go).exists():
+    if time.monotonic() > deadline:
+        sys.exit("never told to go")
+    time.sleep(0.002)
+migrate.upgrade(Settings(database_url=url))
+"""
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ENVIRONMENT")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+@postgresql_only
+def test_replicas_upgrading_at_once_all_succeed_with_one_schema(empty_database, pg_database, tmp_path):
+    replicas = 3
+    go = tmp_path / "go"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPGRADE_WHEN_TOLD, empty_database, str(tmp_path / f"ready-{i}"), str(go)],
+            cwd=PROJECT_ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(replicas)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while sum((tmp_path / f"ready-{i}").exists() for i in range(replicas)) < replicas:
+            assert time.monotonic() < deadline, "replicas did not start"
+            assert all(c.poll() is None for c in children), [c.communicate() for c in children]
+            time.sleep(0.01)
+        go.touch()  # every replica is loaded and waiting: release them together
+        outcomes = [(c.wait(timeout=120), c.stderr.read()) for c in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    assert [code for code, _ in outcomes] == [0] * replicas, outcomes
+
+    together = create_engine(Settings(database_url=empty_database))
+    alone = upgraded(pg_database())
+    try:
+        with together.connect() as conn:
+            versions = conn.execute(sa.text(f"SELECT version_num FROM {SCHEMA}.alembic_version")).scalars().all()
+        assert versions == [migrate.head_revision()]
+        assert schema_snapshot(together) == schema_snapshot(alone)
+    finally:
+        together.dispose()
+        alone.dispose()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@by_dialect
+def test_flask_db_upgrade_cli(empty_database):
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=PROJECT_ROOT, env=_child_env(DATABASE_URL=empty_database, LOG_LEVEL="WARNING"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert migrate.head_revision() in result.stdout
+    engine = create_engine(Settings(database_url=empty_database))
+    try:
+        with engine.connect() as conn:
+            assert migrate.is_current(conn)
+    finally:
+        engine.dispose()
