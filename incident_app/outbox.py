@@ -75,11 +75,12 @@ class NotificationOutbox:
         )
         return Pending(notification_id, incident.id, payload)
 
-    def deliver(self, pending: Pending) -> bool:
-        """One attempt, then its outcome recorded; metrics after the commit."""
+    def deliver(self, pending: Pending, *, now: datetime | None = None) -> bool:
+        """One attempt, then its outcome recorded (as of `now`, default: when the reply came); metrics
+        after the commit."""
         delivered = self.notifier.send(pending.payload)
         attempts = pending.attempts + 1
-        now = self.clock()
+        now = now or self.clock()
         try:
             with transaction(self.engine, write=True) as conn:
                 row = queue.find_pending(conn, pending.id)
@@ -108,6 +109,7 @@ class NotificationOutbox:
 
     def deliver_due(self, *, now: datetime | None = None, limit: int = CLAIM_BATCH) -> int:
         """Claim due rows and try each once, concurrently. Returns how many were tried."""
+        as_of = now
         now = now or self.clock()
         with transaction(self.engine, write=True) as conn:
             claimed = queue.claim_due(conn, now=now, lease_until=now + self.lease, limit=limit)
@@ -116,5 +118,5 @@ class NotificationOutbox:
         batch = [Pending(row.id, row.incident_id, dict(row.payload), row.attempts) for row in claimed]
         # Threads are greenlets under gevent: one slow call does not delay the others.
         with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-            list(pool.map(self.deliver, batch))
+            list(pool.map(lambda pending: self.deliver(pending, now=as_of), batch))
         return len(batch)
