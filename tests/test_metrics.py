@@ -33,7 +33,8 @@ def open_counts(client) -> dict[str, float]:
 
 
 def create(client, severity: str) -> dict:
-    response = client.post("/api/v1/incidents", json={"title": "Queue backlog", "service": "jobs", "severity": severity})
+    body = {"title": "Queue backlog", "service": "jobs", "severity": severity}
+    response = client.post("/api/v1/incidents", json=body)
     assert response.status_code == 201
     return response.get_json()
 
@@ -66,7 +67,8 @@ def test_open_incidents_follows_creates_and_resolutions(client):
 def test_same_status_again_observes_nothing(client):
     incident = create(client, "medium")
     for _ in range(3):
-        assert client.patch(f"/api/v1/incidents/{incident['incident_id']}", json={"status": "acknowledged"}).status_code == 200
+        response = client.patch(f"/api/v1/incidents/{incident['incident_id']}", json={"status": "acknowledged"})
+        assert response.status_code == 200
     mtta = families(client)["incident_mtta_seconds"]
     assert [s.value for s in mtta.samples if s.name.endswith("_count") and s.labels["severity"] == "medium"] == [1]
 
