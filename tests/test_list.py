@@ -11,6 +11,7 @@ T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
 SUMMARY_FIELDS = {
     "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
     "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds", "mttr_seconds",
+    "escalation_level", "escalated_at",  # contract section 6
 }
 
 
