@@ -50,7 +50,10 @@ class Timestamp(fields.DateTime):
         parsed = super()._deserialize(value, attr, data, **kwargs)
         if parsed.tzinfo is None:
             raise ma.ValidationError("Must include a UTC offset, for example 2026-11-26T10:00:00Z.")
-        return parsed.astimezone(timezone.utc)
+        try:
+            return parsed.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ma.ValidationError("Out of range.") from None
 
 
 def severity_field(*, description: str = "", **kwargs: Any) -> fields.String:

@@ -326,6 +326,8 @@ def test_response_shape_is_the_contract(client, seeded):
         ({"until": "2026-11-26 10:00:00"}, "until"),
         ({"since": "2026-11-26"}, "since"),
         ({"since": "2026-11-27T00:00:00Z", "until": "2026-11-26T00:00:00Z"}, "since"),
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),  # before year 1 once in UTC
+        ({"until": "9999-12-31T23:59:59-01:00"}, "until"),  # after year 9999 once in UTC
         ({"severity": "urgent"}, "severity"),
         ({"service": "a\x00b"}, "service"),
     ],
