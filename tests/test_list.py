@@ -201,3 +201,9 @@ def test_bad_query_values_are_422_naming_the_field(client, query, field):
 def test_unknown_query_parameters_are_ignored(client, mixed):
     page = listed(client, "?sort=title&page=3&status=open&foo=%00")
     assert names(page) == ["d", "a"]
+
+
+def test_largest_offset_is_an_empty_page_not_an_error(client, mixed):
+    page = listed(client, f"?offset={2**63 - 1}")
+    assert (page["incidents"], page["total"], page["offset"]) == ([], 6, 2**63 - 1)
+    assert client.get(f"{URL}?offset={2**63}").status_code == 422
