@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 
 from incident_app.db import transaction
 from incident_app.metrics import IncidentMetrics
@@ -42,6 +42,7 @@ class Escalator:
 
     def escalate_due(self, *, now: datetime | None = None) -> int:
         """Escalate every incident due now by one level. Returns how many this call escalated."""
+        as_of = now
         now = now or self.clock()
         opened_before = now - self.timeout
         with transaction(self.engine) as conn:
@@ -52,14 +53,15 @@ class Escalator:
             if candidate.service not in secondaries:
                 # Asked before taking the lock: a slow On-Call Service must not hold a row locked.
                 secondaries[candidate.service] = self.oncall.current(candidate.service).secondary
-            pending = self._escalate_one(candidate, secondaries[candidate.service], opened_before)
+            pending = self._escalate_one(candidate, secondaries[candidate.service], opened_before, now)
             if pending is not None:
                 escalated += 1
-                self.outbox.deliver(pending)
+                self.outbox.deliver(pending, now=as_of)
         return escalated
 
-    def _escalate_one(self, candidate, secondary: str | None, opened_before: datetime) -> Pending | None:
-        now = self.clock()
+    def _escalate_one(
+        self, candidate: Row, secondary: str | None, opened_before: datetime, now: datetime
+    ) -> Pending | None:
         with transaction(self.engine, write=True) as conn:
             row = queries.lock_if_still_due(
                 conn, candidate.id, level=candidate.escalation_level, opened_before=opened_before
