@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from incident_app import schemas
+from incident_app.api.parsing import StrictJsonParser
 from incident_app.repository.analytics import AnalyticsFilters
 from incident_app.repository.incidents import ListFilters
 from incident_app.service import IncidentService
@@ -17,6 +18,7 @@ blp = Blueprint(
     "incidents", __name__, url_prefix="/api/v1/incidents",
     description="Incidents from creation to resolution: create, list, read, acknowledge, resolve, annotate.",
 )
+blp.ARGUMENTS_PARSER = StrictJsonParser()  # before the decorators below, which take it at definition
 
 
 def incidents_service() -> IncidentService:
