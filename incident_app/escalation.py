@@ -96,5 +96,5 @@ class Escalator:
                 message=escalation_message(row.incident_id, row.title, row.severity, level), now=now,
             )
         self.metrics.escalated(row.severity)
-        log.info("incident escalated", extra={"incident_id": row.incident_id, "level": level})
+        log.info("incident escalated", extra={"incident_id": row.incident_id, "escalation_level": level})
         return pending
