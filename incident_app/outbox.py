@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 FIRST_RETRY = timedelta(seconds=5)
 MAX_RETRY_WAIT = timedelta(minutes=5)
 GIVE_UP_AFTER = timedelta(hours=24)
-CLAIM_BATCH = 20
+CLAIM_BATCH = 20  # rows tried per call of deliver_due
+# Attempts in flight at once: each records its outcome on a pooled connection.
+PARALLEL_ATTEMPTS = 4
 
 
 def retry_wait(failed_attempts: int) -> timedelta:
@@ -108,15 +110,24 @@ class NotificationOutbox:
                                     details={**details, "retrying": True})
 
     def deliver_due(self, *, now: datetime | None = None, limit: int = CLAIM_BATCH) -> int:
-        """Claim due rows and try each once, concurrently. Returns how many were tried."""
+        """Claim due rows a few at a time and try each once. Returns how many were tried.
+
+        A claim takes only as many rows as are tried at once, so its lease (one call's length) covers
+        every row it holds: no row waits behind slow calls until its lease runs out and is sent twice.
+        """
         as_of = now
-        now = now or self.clock()
-        with transaction(self.engine, write=True) as conn:
-            claimed = queue.claim_due(conn, now=now, lease_until=now + self.lease, limit=limit)
-        if not claimed:
-            return 0
-        batch = [Pending(row.id, row.incident_id, dict(row.payload), row.attempts) for row in claimed]
-        # Threads are greenlets under gevent: one slow call does not delay the others.
-        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-            list(pool.map(lambda pending: self.deliver(pending, now=as_of), batch))
-        return len(batch)
+        tried = 0
+        while tried < limit:
+            now = as_of or self.clock()
+            with transaction(self.engine, write=True) as conn:
+                claimed = queue.claim_due(
+                    conn, now=now, lease_until=now + self.lease, limit=min(PARALLEL_ATTEMPTS, limit - tried)
+                )
+            if not claimed:
+                break
+            batch = [Pending(row.id, row.incident_id, dict(row.payload), row.attempts) for row in claimed]
+            # Threads are greenlets under gevent: one slow call does not delay the others.
+            with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+                list(pool.map(lambda pending: self.deliver(pending, now=as_of), batch))
+            tried += len(batch)
+        return tried

@@ -55,7 +55,9 @@ def start(services, database_url, peers, tmp_path, name, **env) -> GunicornServi
     oncall, notifier = peers
     service = GunicornService(
         {"DATABASE_URL": database_url, "ONCALL_SERVICE_URL": oncall.url,
-         "NOTIFICATION_SERVICE_URL": notifier.url, "HTTP_CLIENT_TIMEOUT": "2", **env},
+         "NOTIFICATION_SERVICE_URL": notifier.url, "HTTP_CLIENT_TIMEOUT": "2",
+         # Small pools: the PostgreSQL server (100 connections) is shared with other test runs.
+         "DB_POOL_MAX": "3", **env},
         workers=2, log_path=tmp_path / f"{name}.log",
     ).start()
     services.append(service)
@@ -89,7 +91,7 @@ def test_two_replicas_escalate_once_per_level_deliver_once_and_acknowledge_once(
     time.sleep(2 * 1.8)  # long enough for a fourth level, had the limit failed
 
     events = rows(fresh_database, "SELECT i.incident_id, e.type, e.details FROM incidents.incident_events e"
-                                  " JOIN incidents.incidents i ON i.id = e.incident_id")
+                                  " JOIN incidents.incidents i ON i.id = e.incident_id ORDER BY e.id")
     for incident_id in created:
         levels = [e.details["level"] for e in events if e.incident_id == incident_id and e.type == "escalated"]
         assert levels == [1, 2, 3], incident_id

@@ -36,7 +36,8 @@ def test_mixed_traffic_keeps_memory_flat_and_answers_without_errors(pg_database,
     notifier.respond(200, {})
     service = GunicornService(
         {"DATABASE_URL": pg_database(), "ONCALL_SERVICE_URL": oncall.url, "NOTIFICATION_SERVICE_URL": notifier.url,
-         "HTTP_CLIENT_TIMEOUT": "2", "ESCALATION_TIMEOUT_MINUTES": "0.05", "ESCALATION_CHECK_SECONDS": "1"},
+         "HTTP_CLIENT_TIMEOUT": "2", "ESCALATION_TIMEOUT_MINUTES": "0.05", "ESCALATION_CHECK_SECONDS": "1",
+         "DB_POOL_MAX": "4"},
         workers=2, log_path=tmp_path / "soak.log",
     ).start()
     api = f"{service.url}/api/v1/incidents"
