@@ -375,20 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             results[scenario.name] = result
             judge(scenario, result, results, args.rows)
             print(report.console_line(scenario, result), flush=True)
+            write_results(out, name, args, now, started, selected, results)  # a crash later keeps these
 
-        document = {
-            "name": name,
-            "started_at": now.isoformat(timespec="seconds"),
-            "seconds": round(time.monotonic() - started),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("admin_url",)},
-            "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "commit": _git_commit(),
-            "scenarios": [{**asdict(s), **results[s.name]} for s in selected if s.name in results],
-        }
-        (out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
-        (out / f"{name}.md").write_text(report.markdown(document))
-        report.chart(document, out / f"{name}.png")
-        print(f"results: {out / name}.json, .md, .png ({document['seconds']} s)", flush=True)
+        report.chart(json.loads((out / f"{name}.json").read_text()), out / f"{name}.png")
+        print(f"results: {out / name}.json, .md, .png ({round(time.monotonic() - started)} s)", flush=True)
+
         finished = True
         return 0
     finally:
@@ -402,6 +393,21 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
             print(f"logs kept in {work_dir}", file=sys.stderr)
+
+
+def write_results(out: Path, name: str, args: argparse.Namespace, now: datetime, started: float,
+                  selected: list[Scenario], results: dict[str, dict[str, Any]]) -> None:
+    document = {
+        "name": name,
+        "started_at": now.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "admin_url"},
+        "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+        "commit": _git_commit(),
+        "scenarios": [{**asdict(s), **results[s.name]} for s in selected if s.name in results],
+    }
+    (out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / f"{name}.md").write_text(report.markdown(document))
 
 
 def _git_commit() -> str | None:
