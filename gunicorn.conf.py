@@ -92,9 +92,9 @@ def on_starting(server):
 
 def post_fork(server, worker):
     # Before the app exists: every psycopg2 connection it opens will yield to gevent while waiting.
-    from psycogreen.gevent import patch_psycopg
+    from incident_app.db import make_psycopg_cooperative
 
-    patch_psycopg()
+    make_psycopg_cooperative()
 
 
 def post_worker_init(worker):

@@ -8,7 +8,11 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+import gevent
+import psycopg2
+import psycopg2.extensions
 import sqlalchemy as sa
+from psycogreen.gevent import gevent_wait_callback
 from sqlalchemy.engine import Connection, Engine
 
 from incident_app.settings import Settings
@@ -25,6 +29,38 @@ STATEMENT_TIMEOUT_MS = 30_000
 # steady use that dies is still detected on use, and the pool then recycles them all.
 PING_AFTER_IDLE_SECONDS = 1.0
 SQLITE_BUSY_TIMEOUT = 15
+# Under gevent no single wait on the database outlives the statement timeout by more than this.
+WAIT_MARGIN_SECONDS = 5
+
+
+def make_psycopg_cooperative() -> None:
+    """Have psycopg2 yield to gevent while it waits on the database (call once per worker, before
+    any connection). The waits are bounded: a server that stops answering on an open connection
+    breaks that connection after the statement timeout and a margin, instead of holding a greenlet."""
+    limit = STATEMENT_TIMEOUT_MS / 1000 + WAIT_MARGIN_SECONDS
+
+    def bounded_wait(conn) -> None:
+        try:
+            gevent_wait_callback(conn, timeout=limit)
+        except TimeoutError:
+            # psycopg2 closes a connection whose wait failed; the message marks it as a disconnect.
+            raise psycopg2.OperationalError(f"could not receive data from server within {limit}s") from None
+
+    psycopg2.extensions.set_wait_callback(bounded_wait)
+
+
+@contextmanager
+def within(seconds: float, error: Exception) -> Iterator[None]:
+    """Raise `error` if the block outlives `seconds` while psycopg2 is cooperative (gevent).
+
+    libpq's own timeouts only bound blocking calls: in the non-blocking mode psycogreen uses, a
+    connect to a host that never answers would wait forever. Blocking, libpq's timeouts apply.
+    """
+    if psycopg2.extensions.get_wait_callback() is None:
+        yield
+        return
+    with gevent.Timeout(seconds, error):
+        yield
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -48,8 +84,17 @@ def create_engine(settings: Settings) -> Engine:
             "keepalives_count": 3,
         },
     )
+    _connect_within_deadline(engine)
     _ping_connections_left_idle(engine)
     return engine
+
+
+def _connect_within_deadline(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        timed_out = psycopg2.OperationalError(f"timeout expired: no connection within {CONNECT_TIMEOUT}s")
+        with within(CONNECT_TIMEOUT, timed_out):
+            return dialect.connect(*cargs, **cparams)
 
 
 def _ping_connections_left_idle(engine: Engine) -> None:
@@ -63,7 +108,9 @@ def _ping_connections_left_idle(engine: Engine) -> None:
         if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
             return
         try:
-            engine.dialect.do_ping(dbapi_connection)  # what pool_pre_ping runs, outside any transaction
+            # What pool_pre_ping runs, outside any transaction; a ping that hangs is a dead connection.
+            with within(CONNECT_TIMEOUT, psycopg2.OperationalError("ping timed out")):
+                engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
             # The pool discards this connection and checks out another (a fresh one if need be).
             raise sa.exc.DisconnectionError() from exc

@@ -12,19 +12,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import gevent
-import psycopg2.extensions
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from incident_app import migrate
+from incident_app.db import within
 from incident_app.repository import probes as queries
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA
 
 DEADLINE_SECONDS = 1.5
-# libpq's smallest connect timeout; it only bounds blocking connects (see _deadline for gevent).
+# libpq's smallest connect timeout; it only bounds blocking connects (db.within bounds them under gevent).
 CONNECT_TIMEOUT_SECONDS = 2
 STATEMENT_TIMEOUT_MS = 1000
 SQLITE_BUSY_TIMEOUT_SECONDS = 1
@@ -53,18 +52,6 @@ def create_probe_engine(settings: Settings) -> Engine:
     )
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    # Under gevent, psycogreen drives libpq's non-blocking connect, which ignores connect_timeout:
-    # a database that accepts and never answers would hold the probe forever. A gevent timeout
-    # interrupts the wait, and psycopg2 closes the interrupted connection.
-    if psycopg2.extensions.get_wait_callback() is None:
-        yield
-        return
-    with gevent.Timeout(seconds, ProbeTimeout(f"no answer from the database within {seconds}s")):
-        yield
-
-
 class ProbeDatabase:
     """The three questions the probes and the gauge ask, each on a fresh, bounded connection."""
 
@@ -74,7 +61,9 @@ class ProbeDatabase:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        with _deadline(self.deadline), self.engine.connect() as conn:
+        # Under gevent libpq's connect_timeout does not apply: db.within interrupts the wait instead.
+        timed_out = ProbeTimeout(f"no answer from the database within {self.deadline}s")
+        with within(self.deadline, timed_out), self.engine.connect() as conn:
             yield conn
 
     def ping(self) -> float:

@@ -6,6 +6,7 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from incident_app.db import CONNECT_TIMEOUT, PING_AFTER_IDLE_SECONDS
 from tests.support.gunicorn import GunicornService
 from tests.support.proxy import TcpProxy
 
@@ -66,3 +67,21 @@ def test_outage_answers_503_json_then_recovers_without_restart(proxied_service):
     assert after.status_code == 201
     acked = requests.patch(f"{api}/{incident_id}", json={"status": "acknowledged"}, timeout=10)
     assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
+
+
+def test_a_silent_database_answers_503_within_seconds(proxied_service):
+    """A database that keeps connections open and never answers: no request may hang on it."""
+    service, proxy = proxied_service
+    api = f"{service.url}/api/v1/incidents"
+    assert requests.post(api, json=VALID, timeout=10).status_code == 201
+    proxy.silence()
+    # Let the pooled connections go idle long enough to be pinged before their next use.
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+    for call in (lambda: requests.get(api, timeout=30), lambda: requests.post(api, json=VALID, timeout=30)):
+        started = time.monotonic()
+        response = call()
+        assert response.status_code == 503, response.text
+        assert time.monotonic() - started < 3 * CONNECT_TIMEOUT + 1
+    proxy.restore()
+    recovered = poll(lambda: requests.get(api, timeout=30), lambda r: r.status_code == 200, timeout=20)
+    assert recovered.status_code == 200
