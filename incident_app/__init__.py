@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics=metrics,
         incident_service=IncidentService(
             engine=engine, oncall=oncall, outbox=outbox, idempotency=idempotency, metrics=metrics,
+            oncall_lookup_bound=timedelta(seconds=settings.http_client_timeout),
         ),
         # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
         # an app built by a test or a CLI command must not start timers behind its back.

@@ -59,9 +59,14 @@ class NotificationOutbox:
         self.lease = lease
 
     def enqueue(
-        self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime
+        self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime,
+        hold: timedelta = timedelta(0),
     ) -> Pending:
-        """Write the notification in the caller's transaction, leased to the caller for one try."""
+        """Write the notification in the caller's transaction, leased to the caller for one try.
+
+        `hold` lengthens the lease for a caller with work to do before that try (the on-call lookup):
+        should it die meanwhile, the background delivers the row as it stands once the lease ends.
+        """
         notification_id = uuid.uuid4()
         payload = {
             "incident_id": incident.incident_id,
@@ -73,9 +78,15 @@ class NotificationOutbox:
         }
         queue.enqueue(
             conn, notification_id=notification_id, incident_pk=incident.id, payload=payload, now=now,
-            first_attempt_at=now + self.lease,
+            first_attempt_at=now + self.lease + hold,
         )
         return Pending(notification_id, incident.id, payload)
+
+    def readdress(self, conn: Connection, pending: Pending, *, engineer: str) -> Pending:
+        """Send a notification not yet tried to another engineer (the assignee found after the commit)."""
+        payload = {**pending.payload, "engineer": engineer}
+        queue.replace_payload(conn, pending.id, payload)
+        return Pending(pending.id, pending.incident_pk, payload, pending.attempts)
 
     def deliver(self, pending: Pending, *, now: datetime | None = None) -> bool:
         """One attempt, then its outcome recorded (as of `now`, default: when the reply came); metrics

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,10 +90,14 @@ class IncidentService:
         outbox: NotificationOutbox,
         idempotency: IdempotencyKeys,
         metrics: IncidentMetrics,
+        oncall_lookup_bound: timedelta = timedelta(seconds=10),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.oncall = oncall
+        # How long a new incident's notification waits for the on-call lookup before the
+        # background may send it unassigned (only if this process died in between).
+        self.oncall_lookup_bound = oncall_lookup_bound
         self.outbox = outbox
         self.idempotency = idempotency
         self.metrics = metrics
@@ -115,8 +119,12 @@ class IncidentService:
         ).incident
 
     def create_incident(self, *, idempotency_key: str | None = None, **fields: Any) -> Created:
-        """Open an incident: assignee asked first, then the incident, its timeline and its notification
-        committed together, so a crash after the commit loses nothing; delivery is tried right away."""
+        """Open an incident in the contract's order: store it, ask who is on call, assign, notify.
+
+        The first commit holds the incident, its timeline and its notification (addressed to the
+        service, held for the length of the lookup), so a crash at any point loses neither the
+        incident nor the page; the second records the assignee and readdresses the notification.
+        """
         reservation: Reservation | None = None
         if idempotency_key is not None:
             claim = self.idempotency.reserve(idempotency_key, request_fingerprint(fields))
@@ -124,14 +132,17 @@ class IncidentService:
                 return Created(self._replayed(claim), replayed=True)
             reservation = claim
         try:
-            assignee = self.oncall.current(fields["service"]).primary
-            row, pending = self._insert_with_fresh_id(assignee=assignee, reservation=reservation, **fields)
+            row, pending = self._insert_with_fresh_id(reservation=reservation, **fields)
         except BaseException:
             if reservation is not None:
                 self._release_quietly(reservation)
             raise
         self.metrics.incident_opened(row.severity)
+        assignee = self.oncall.current(row.service).primary
+        if assignee is not None:
+            row, pending = self._assign_on_creation(row, pending, assignee)
         self.outbox.deliver(pending)
+        # Until here a retry with the same key is told the first is still in flight (409).
         if reservation is not None:
             try:
                 self.idempotency.complete(reservation)
@@ -142,6 +153,21 @@ class IncidentService:
         with transaction(self.engine) as conn:
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return Created(incident_document(row, alerts))
+
+    def _assign_on_creation(self, row: Row, pending: Pending, assignee: str) -> tuple[Row, Pending]:
+        try:
+            with transaction(self.engine, write=True) as conn:
+                now = self.clock()
+                current = repo.find_incident(conn, row.incident_id, for_update=True)
+                if current.assigned_to is not None:  # someone assigned it by hand meanwhile
+                    return current, pending
+                row = repo.update_incident(conn, row.id, {"assigned_to": assignee, "updated_at": now})
+                events.record_event(conn, row.id, "assigned", at=now, details={"assigned_to": assignee})
+                return row, self.outbox.readdress(conn, pending, engineer=assignee)
+        except sa.exc.SQLAlchemyError:
+            # The incident and its page are committed; the page goes to the service as it stands.
+            log.warning("could not record the on-call assignee", exc_info=True, extra={"assignee": assignee})
+            return row, pending
 
     def _replayed(self, replay: Replay) -> dict[str, Any]:
         with transaction(self.engine) as conn:
@@ -156,12 +182,7 @@ class IncidentService:
             log.warning("could not release an idempotency key; it frees itself when stale", exc_info=True)
 
     def _insert_with_fresh_id(
-        self,
-        *,
-        alert_ids: Sequence[uuid.UUID] = (),
-        assignee: str | None,
-        reservation: Reservation | None,
-        **fields: Any,
+        self, *, alert_ids: Sequence[uuid.UUID] = (), reservation: Reservation | None, **fields: Any
     ) -> tuple[Row, Pending]:
         now = self.clock()
         for attempt in range(1, _ID_ATTEMPTS + 1):
@@ -170,7 +191,6 @@ class IncidentService:
                 "id": uuid.uuid4(),
                 "incident_id": new_incident_id(),
                 "status": lifecycle.Status.OPEN.value,
-                "assigned_to": assignee,
                 "notes": [],
                 "created_at": now,
                 "updated_at": now,
@@ -185,11 +205,9 @@ class IncidentService:
                     if alert_ids:
                         events.record_event(conn, row.id, "alerts_linked", at=now,
                                             details={"alert_ids": [str(a) for a in alert_ids]})
-                    if assignee is not None:
-                        events.record_event(conn, row.id, "assigned", at=now, details={"assigned_to": assignee})
                     pending = self.outbox.enqueue(
-                        conn, incident=row, engineer=assignee or row.service, message=notification_message(row),
-                        now=now,
+                        conn, incident=row, engineer=row.service, message=notification_message(row), now=now,
+                        hold=self.oncall_lookup_bound,
                     )
                     if reservation is not None:
                         self.idempotency.attach(conn, reservation, row.id)

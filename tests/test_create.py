@@ -2,9 +2,10 @@
 and peers that do not."""
 
 import re
+import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -43,6 +44,7 @@ def test_create_response_has_exactly_the_contract_fields(client):
     assert set(incident) == {
         "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
         "alerts", "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds", "mttr_seconds",
+        "escalation_level", "escalated_at",
     }
 
 
@@ -128,6 +130,37 @@ def test_refused_oncall_connection_leaves_incident_unassigned(make_app, notifier
     assert response.status_code == 201
     assert response.get_json()["assigned_to"] is None
     assert len(notifier.requests_to(NOTIFY_PATH)) == 1
+
+
+def test_incident_is_stored_before_the_oncall_lookup_answers(client, oncall):
+    oncall.respond(200, {"primary": {"email": "slow@example.com"}}, delay=1.0)
+    answer = {}
+    creating = threading.Thread(target=lambda: answer.update(response=new_incident(client, service="slowteam")))
+    creating.start()
+    deadline = time.monotonic() + 5
+    listed = []
+    while not listed and time.monotonic() < deadline and creating.is_alive():
+        listed = client.get("/api/v1/incidents?service=slowteam").get_json()["incidents"]
+        time.sleep(0.02)
+    creating.join()
+    assert listed, "the incident should be listed while the on-call lookup is still running"
+    assert listed[0]["assigned_to"] is None
+    assert answer["response"].get_json()["assigned_to"] == "slow@example.com"
+
+
+def test_page_survives_a_creator_that_dies_before_the_lookup(app, notifier):
+    """The incident's first commit already holds its notification: if the process dies before
+    the on-call lookup, the background sends it, addressed to the service, once the hold ends."""
+    service = app.extensions["incident_service"]
+    row, _ = service._insert_with_fresh_id(  # the first commit of a create, and then nothing
+        reservation=None, title="Orphan", service="orphans", severity="high", description=None,
+    )
+    outbox = service.outbox
+    assert outbox.deliver_due(now=service.clock()) == 0  # held for the lookup that never comes
+    later = service.clock() + outbox.lease + service.oncall_lookup_bound + timedelta(seconds=1)
+    assert outbox.deliver_due(now=later) == 1
+    (page,) = notifier.requests_to(NOTIFY_PATH)
+    assert page.body["incident_id"] == row.incident_id and page.body["engineer"] == "orphans"
 
 
 # --------------------------------------------------------------------------- notification

@@ -81,6 +81,16 @@ def reschedule(conn: Connection, notification_id: uuid.UUID, *, attempts: int, n
     return result.rowcount == 1
 
 
+def replace_payload(conn: Connection, notification_id: uuid.UUID, payload: Mapping[str, Any]) -> bool:
+    o = notification_outbox.c
+    result = conn.execute(
+        notification_outbox.update()
+        .where(o.id == notification_id, o.state == PENDING, o.attempts == 0)
+        .values(payload=dict(payload))
+    )
+    return result.rowcount == 1
+
+
 def for_incident(conn: Connection, incident_pk: uuid.UUID) -> list[Row]:
     o = notification_outbox.c
     return list(conn.execute(sa.select(*notification_outbox.c).where(o.incident_id == incident_pk)
