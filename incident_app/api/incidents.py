@@ -54,10 +54,10 @@ class Incidents(MethodView):
     def post(self, body: dict[str, Any], headers: dict[str, Any]):
         """Open an incident
 
-        Asks the On-Call Service who is on call for `service`, then stores the incident as `open`,
-        assigned to them, with its notification in the same transaction; the notification is sent right
-        away, and retried in the background if the Notification Service does not accept it. A peer
-        that is down or slow never fails the creation.
+        Stores the incident as `open` together with its notification, then asks the On-Call Service
+        who is on call for `service`, assigns them and sends the notification to them (to the service
+        name when nobody is on call). A notification the Notification Service does not accept is
+        retried in the background. A peer that is down or slow never fails the creation.
         """
         created = incidents_service().create_incident(idempotency_key=headers.get("idempotency_key"), **body)
         location = url_for("incidents.Incident", incident_id=created.incident["incident_id"])
