@@ -100,11 +100,12 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     # Each worker runs the background work in a greenlet (outbox retries, escalation, key expiry);
     # safe with any number of workers and replicas because every claim goes through the database.
-    extensions = getattr(worker.wsgi, "extensions", None)
-    if extensions is None:
-        worker.log.warning("wsgi:app is not the Flask app: background work not started")
+    extensions = getattr(worker.wsgi, "extensions", {})
+    background = extensions.get("background")
+    if background is None:
+        worker.log.warning("the WSGI app is not the incident service: no background work started")
     elif extensions["settings"].background_work:
-        extensions["background"].start()
+        background.start()
 
 
 def worker_exit(server, worker):
