@@ -157,6 +157,19 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that need no transaction: each statement sees the latest commit.
+
+    On PostgreSQL it runs in autocommit, which saves the BEGIN and COMMIT round trips of a
+    transaction (a third of a single-row read's database time); SQLite reads stay transactional.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
 def warm_pool(engine: Engine, connections: int) -> None:
     """Open DB_POOL_MIN connections now, so the first requests do not pay for them."""
     opened: list[Connection] = []

@@ -96,20 +96,29 @@ class NotificationOutbox:
         now = now or self.clock()
         try:
             with transaction(self.engine, write=True) as conn:
-                row = queue.find_pending(conn, pending.id)
-                if row is not None:
-                    self._record(conn, row, delivered=delivered, attempts=attempts, now=now)
+                if delivered:  # the usual case, in one statement
+                    row = queue.mark_sent(conn, pending.id, attempts=attempts, now=now)
+                    if row is not None:
+                        self._notified(conn, row, attempts=attempts, now=now)
+                else:
+                    row = queue.find_pending(conn, pending.id)
+                    if row is not None:
+                        self._record_failure(conn, row, attempts=attempts, now=now)
         except Exception:  # the lease expires and the row is retried
             log.exception("could not record a notification attempt", extra={"notification_id": str(pending.id)})
         self.metrics.notification_attempted(CHANNEL, delivered)
         return delivered
 
-    def _record(self, conn: Connection, row: Row, *, delivered: bool, attempts: int, now: datetime) -> None:
-        details = {"notification_id": str(row.id), "engineer": row.payload.get("engineer"), "attempt": attempts}
-        if delivered:
-            queue.finish(conn, row.id, state=queue.SENT, attempts=attempts, now=now)
-            events.record_event(conn, row.incident_id, "notified", at=now, details=details)
-        elif now - row.created_at >= GIVE_UP_AFTER:
+    @staticmethod
+    def _details(row: Row, attempts: int) -> dict[str, Any]:
+        return {"notification_id": str(row.id), "engineer": row.payload.get("engineer"), "attempt": attempts}
+
+    def _notified(self, conn: Connection, row: Row, *, attempts: int, now: datetime) -> None:
+        events.record_event(conn, row.incident_id, "notified", at=now, details=self._details(row, attempts))
+
+    def _record_failure(self, conn: Connection, row: Row, *, attempts: int, now: datetime) -> None:
+        details = self._details(row, attempts)
+        if now - row.created_at >= GIVE_UP_AFTER:
             queue.finish(conn, row.id, state=queue.EXPIRED, attempts=attempts, now=now)
             events.record_event(conn, row.incident_id, "notification_failed", at=now,
                                 details={**details, "gave_up": True})

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
 from incident_app import lifecycle
-from incident_app.db import transaction
+from incident_app.db import reading, transaction
 from incident_app.errors import IncidentNotFound, NothingToUpdate
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
@@ -25,6 +25,7 @@ from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import events
 from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
+from incident_app.tables import incidents
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ def _seconds(later: datetime | None, earlier: datetime) -> float | None:
     return (later - earlier).total_seconds() if later is not None else None
 
 
+INCIDENT_FIELDS = tuple(incidents.c.keys())
+
+
 def incident_document(row: Row, alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    document = dict(row._mapping)
+    mapping = row._mapping
+    document = {name: mapping[name] for name in INCIDENT_FIELDS}
     document["mtta_seconds"] = _seconds(row.acknowledged_at, row.created_at)
     document["mttr_seconds"] = _seconds(row.resolved_at, row.created_at)
     if alerts is not None:
@@ -132,7 +137,7 @@ class IncidentService:
                 return Created(self._replayed(claim), replayed=True)
             reservation = claim
         try:
-            row, pending = self._insert_with_fresh_id(reservation=reservation, **fields)
+            row, pending, alerts = self._insert_with_fresh_id(reservation=reservation, **fields)
         except BaseException:
             if reservation is not None:
                 self._release_quietly(reservation)
@@ -149,28 +154,24 @@ class IncidentService:
             except sa.exc.SQLAlchemyError:
                 # The incident is committed: a retry replays it once the reservation goes stale.
                 log.warning("could not mark an idempotency key complete", exc_info=True)
-
-        with transaction(self.engine) as conn:
-            alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return Created(incident_document(row, alerts))
 
     def _assign_on_creation(self, row: Row, pending: Pending, assignee: str) -> tuple[Row, Pending]:
         try:
             with transaction(self.engine, write=True) as conn:
                 now = self.clock()
-                current = repo.find_incident(conn, row.incident_id, for_update=True)
-                if current.assigned_to is not None:  # someone assigned it by hand meanwhile
-                    return current, pending
-                row = repo.update_incident(conn, row.id, {"assigned_to": assignee, "updated_at": now})
+                assigned = repo.assign_if_unassigned(conn, row.id, assignee, now)
+                if assigned is None:  # someone assigned it by hand meanwhile: theirs stands
+                    return repo.find_incident(conn, row.incident_id), pending
                 events.record_event(conn, row.id, "assigned", at=now, details={"assigned_to": assignee})
-                return row, self.outbox.readdress(conn, pending, engineer=assignee)
+                return assigned, self.outbox.readdress(conn, pending, engineer=assignee)
         except sa.exc.SQLAlchemyError:
             # The incident and its page are committed; the page goes to the service as it stands.
             log.warning("could not record the on-call assignee", exc_info=True, extra={"assignee": assignee})
             return row, pending
 
     def _replayed(self, replay: Replay) -> dict[str, Any]:
-        with transaction(self.engine) as conn:
+        with reading(self.engine) as conn:
             row = idempotency_queries.incident_by_pk(conn, replay.incident_pk)
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return incident_document(row, alerts)
@@ -183,7 +184,7 @@ class IncidentService:
 
     def _insert_with_fresh_id(
         self, *, alert_ids: Sequence[uuid.UUID] = (), reservation: Reservation | None, **fields: Any
-    ) -> tuple[Row, Pending]:
+    ) -> tuple[Row, Pending, list[dict[str, Any]]]:
         now = self.clock()
         for attempt in range(1, _ID_ATTEMPTS + 1):
             values = {
@@ -211,7 +212,8 @@ class IncidentService:
                     )
                     if reservation is not None:
                         self.idempotency.attach(conn, reservation, row.id)
-                return row, pending
+                    alerts = repo.linked_alerts(conn, [row.id])[row.id] if alert_ids else []
+                return row, pending, alerts
             except sa.exc.IntegrityError:
                 # 64 random bits: a collision is rare, and is met with a new id, never a 500.
                 if attempt == _ID_ATTEMPTS:
@@ -224,20 +226,19 @@ class IncidentService:
     def get_incident(self, incident_id: str) -> dict[str, Any]:
         if not INCIDENT_ID.fullmatch(incident_id):
             raise IncidentNotFound(incident_id)
-        with transaction(self.engine) as conn:
-            row = repo.find_incident(conn, incident_id)
-            if row is None:
-                raise IncidentNotFound(incident_id)
-            alerts = repo.linked_alerts(conn, [row.id])[row.id]
-        return incident_document(row, alerts)
+        with reading(self.engine) as conn:
+            found = repo.find_incident_with_alerts(conn, incident_id)
+        if found is None:
+            raise IncidentNotFound(incident_id)
+        return incident_document(*found)
 
     def list_incidents(self, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any]:
-        with transaction(self.engine) as conn:
+        with reading(self.engine) as conn:
             rows, total = repo.list_incidents(conn, filters, limit=limit, offset=offset)
         return {"incidents": [incident_document(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
-        with transaction(self.engine) as conn:
+        with reading(self.engine) as conn:
             return analytics_queries.incident_analytics(conn, filters)
 
     # ------------------------------------------------------------------ update
@@ -309,7 +310,7 @@ class IncidentService:
     def timeline(self, incident_id: str) -> dict[str, Any]:
         if not INCIDENT_ID.fullmatch(incident_id):
             raise IncidentNotFound(incident_id)
-        with transaction(self.engine) as conn:
+        with reading(self.engine) as conn:
             row = repo.find_incident(conn, incident_id)
             if row is None:
                 raise IncidentNotFound(incident_id)

@@ -152,7 +152,7 @@ def test_page_survives_a_creator_that_dies_before_the_lookup(app, notifier):
     """The incident's first commit already holds its notification: if the process dies before
     the on-call lookup, the background sends it, addressed to the service, once the hold ends."""
     service = app.extensions["incident_service"]
-    row, _ = service._insert_with_fresh_id(  # the first commit of a create, and then nothing
+    row, _, _ = service._insert_with_fresh_id(  # the first commit of a create, and then nothing
         reservation=None, title="Orphan", service="orphans", severity="high", description=None,
     )
     outbox = service.outbox

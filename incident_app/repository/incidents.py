@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from incident_app.tables import UTCDateTime, incident_alerts, incidents
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,17 @@ def find_incident(conn: Connection, incident_id: str, *, for_update: bool = Fals
 def update_incident(conn: Connection, pk: uuid.UUID, values: Mapping[str, Any]) -> Row:
     statement = incidents.update().where(incidents.c.id == pk).values(**values).returning(*incidents.c)
     return conn.execute(statement).one()
+
+
+def assign_if_unassigned(conn: Connection, pk: uuid.UUID, assignee: str, now: datetime) -> Row | None:
+    """Set the assignee unless someone set one meanwhile; None when someone did."""
+    statement = (
+        incidents.update()
+        .where(incidents.c.id == pk, incidents.c.assigned_to.is_(None))
+        .values(assigned_to=assignee, updated_at=now)
+        .returning(*incidents.c)
+    )
+    return conn.execute(statement).one_or_none()
 
 
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
@@ -110,43 +124,78 @@ def _platform_alerts_present(conn: Connection) -> bool:
 
 def linked_alerts(conn: Connection, incident_pks: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """Linked alerts per incident, oldest link first, with the alert's own fields when available."""
+
+    def query(enrich: bool) -> dict[uuid.UUID, list[dict[str, Any]]]:
+        columns, source = _alert_selection(enrich)
+        rows = conn.execute(
+            sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
+            .select_from(source)
+            .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
+            .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+        ).mappings()
+        linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
+        for row in rows:
+            linked[row["linked_incident_id"]].append(_alert_entry(row))
+        return linked
+
+    return _enriched_if_possible(conn, query)
+
+
+def find_incident_with_alerts(conn: Connection, incident_id: str) -> tuple[Row, list[dict[str, Any]]] | None:
+    """An incident and its linked alerts in one statement: the hot read path, one round trip."""
+
+    def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
+        columns, source = _alert_selection(enrich)
+        rows = conn.execute(
+            sa.select(*incidents.c, *columns)
+            .select_from(incidents.outerjoin(source, incident_alerts.c.incident_id == incidents.c.id))
+            .where(incidents.c.incident_id == incident_id)
+            .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+        ).all()
+        if not rows:
+            return None
+        alerts = [_alert_entry(row._mapping) for row in rows if row._mapping["linked_alert_id"] is not None]
+        return rows[0], alerts
+
+    return _enriched_if_possible(conn, query)
+
+
+def _enriched_if_possible(conn: Connection, query: Callable[[bool], T]) -> T:
+    """Run `query` with the platform's alert fields when its table is there, else without."""
     if _platform_alerts_present(conn):
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
         try:
-            # A savepoint, so that a failed join leaves the caller's transaction usable.
-            with conn.begin_nested():
-                return _linked_alerts(conn, incident_pks, enrich=True)
+            # In a transaction, a savepoint, so that a failed join leaves it usable.
+            with contextlib.nullcontext() if autocommit else conn.begin_nested():
+                return query(True)
         except sa.exc.ProgrammingError:
             # The platform's table went away or changed since it was looked up: links alone will do.
             forget_platform_alerts_table()
-    return _linked_alerts(conn, incident_pks, enrich=False)
+    return query(False)
 
 
-def _linked_alerts(
-    conn: Connection, incident_pks: Sequence[uuid.UUID], *, enrich: bool
-) -> dict[uuid.UUID, list[dict[str, Any]]]:
-    columns: list[Any] = [incident_alerts.c.incident_id, incident_alerts.c.alert_id, incident_alerts.c.linked_at]
-    source: Any = incident_alerts
-    if enrich:
-        a = _platform_alerts.c
-        columns += [
-            a.id.is_not(None).label("known"),
-            sa.cast(a.service, sa.Text).label("service"),
-            sa.cast(a.severity, sa.Text).label("severity"),
-            sa.cast(a.message, sa.Text).label("message"),
-            a.timestamp,
-        ]
-        source = incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
-    rows = conn.execute(
-        sa.select(*columns)
-        .select_from(source)
-        .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
-        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-    ).mappings()
-    linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
-    for row in rows:
-        entry = {"alert_id": row["alert_id"], "linked_at": row["linked_at"]}
-        # An alert the platform's table does not hold gets no made-up nulls, only its link.
-        if row.get("known"):
-            entry.update({name: row[name] for name in _ALERT_COLUMNS[1:]})
-        linked[row["incident_id"]].append(entry)
-    return linked
+def _alert_selection(enrich: bool) -> tuple[list[Any], Any]:
+    """The columns of a linked alert (labelled linked_*/alert_*), and the tables they come from."""
+    columns: list[Any] = [
+        incident_alerts.c.alert_id.label("linked_alert_id"),
+        incident_alerts.c.linked_at.label("linked_at"),
+    ]
+    if not enrich:
+        return columns, incident_alerts
+    a = _platform_alerts.c
+    columns += [
+        a.id.is_not(None).label("alert_known"),
+        sa.cast(a.service, sa.Text).label("alert_service"),
+        sa.cast(a.severity, sa.Text).label("alert_severity"),
+        sa.cast(a.message, sa.Text).label("alert_message"),
+        a.timestamp.label("alert_timestamp"),
+    ]
+    return columns, incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
+
+
+def _alert_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    entry = {"alert_id": row["linked_alert_id"], "linked_at": row["linked_at"]}
+    # An alert the platform's table does not hold gets no made-up nulls, only its link.
+    if row.get("alert_known"):
+        entry.update({name: row[f"alert_{name}"] for name in _ALERT_COLUMNS[1:]})
+    return entry

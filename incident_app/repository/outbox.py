@@ -61,6 +61,17 @@ def find_pending(conn: Connection, notification_id: uuid.UUID) -> Row | None:
     ).one_or_none()
 
 
+def mark_sent(conn: Connection, notification_id: uuid.UUID, *, attempts: int, now: datetime) -> Row | None:
+    """Record a delivery in one statement; None when the row was no longer pending."""
+    o = notification_outbox.c
+    return conn.execute(
+        notification_outbox.update()
+        .where(o.id == notification_id, o.state == PENDING)
+        .values(state=SENT, attempts=attempts, finished_at=now)
+        .returning(o.id, o.incident_id, o.payload)
+    ).one_or_none()
+
+
 def finish(conn: Connection, notification_id: uuid.UUID, *, state: str, attempts: int, now: datetime) -> bool:
     o = notification_outbox.c
     result = conn.execute(
