@@ -81,7 +81,7 @@ def on_starting(server):
             migrate.upgrade(settings)
             log.info("database schema at %s", migrate.head_revision())
             return
-        except Exception as exc:  # noqa: BLE001 - any failure is retried until the deadline
+        except Exception as exc:
             if time.monotonic() > deadline:
                 log.error("database migration failed: %s", exc)
                 raise

@@ -3,7 +3,7 @@ they are the OpenAPI document."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow as ma
@@ -36,7 +36,7 @@ class Text(fields.String):
 
 
 def rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class Timestamp(fields.DateTime):
@@ -53,7 +53,7 @@ class Timestamp(fields.DateTime):
         if parsed.tzinfo is None:
             raise ma.ValidationError("Must include a UTC offset, for example 2026-11-26T10:00:00Z.")
         try:
-            return parsed.astimezone(timezone.utc)
+            return parsed.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
             raise ma.ValidationError("Out of range.") from None
 

@@ -6,6 +6,7 @@ so start-up stops with something an operator can act on.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ def _buckets(raw: str) -> tuple[float, ...]:
         raise ValueError("needs at least one bucket")
     if any(v != v or v <= 0 or v == float("inf") for v in values):
         raise ValueError("buckets must be positive finite numbers")
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError("buckets must be strictly increasing")
     return values
 

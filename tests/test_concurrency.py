@@ -44,7 +44,7 @@ def test_simultaneous_acknowledge_and_resolve_end_resolved(live_service):
     responses = simultaneously(20, lambda s, i: s.patch(url, json={"status": statuses[i]}, timeout=30))
     # An acknowledge that loses to a resolve is refused (resolved → acknowledged); nothing else fails.
     assert {r.status_code for r in responses} <= {200, 400}
-    assert all(r.status_code == 200 for r, s in zip(responses, statuses) if s == "resolved")
+    assert all(r.status_code == 200 for r, s in zip(responses, statuses, strict=True) if s == "resolved")
     final = requests.get(url, timeout=10).json()
     assert final["status"] == "resolved" and final["resolved_at"] is not None
 

@@ -1,6 +1,6 @@
 """PATCH /api/v1/incidents/{id}: transitions, notes, reassignment, all or nothing."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -86,7 +86,7 @@ def test_transition_metrics_are_observed_once_per_incident(app, client, incident
 
 
 def test_backdated_acknowledge_observes_the_real_mtta(app, client):
-    created = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+    created = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
     service = app.extensions["incident_service"]
     service.clock = lambda: created
     incident = client.post("/api/v1/incidents", json=VALID).get_json()

@@ -39,11 +39,14 @@ class GunicornService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GunicornService:
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        # The child writes to the log itself; our handle is closed once it has it.
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True,
         )
+        if log is not subprocess.DEVNULL:
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -78,7 +78,9 @@ class FakePeer:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def respond(self, status: int = 200, json_body: Any = None, *, raw: bytes | None = None, delay: float = 0.0) -> None:
+    def respond(
+        self, status: int = 200, json_body: Any = None, *, raw: bytes | None = None, delay: float = 0.0
+    ) -> None:
         body = raw if raw is not None else json.dumps(json_body if json_body is not None else {}).encode()
         with self._lock:
             self.behaviour = Behaviour(status=status, body=body, delay=delay)

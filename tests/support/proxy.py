@@ -3,6 +3,7 @@ without stopping the shared server."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -40,17 +41,13 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             # shutdown() first: close() alone leaves a thread blocked in accept() still accepting.
-            try:
+            with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             listener.close()
         with self._lock:
             for conn in self._connections:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
             self._connections.clear()
 
@@ -84,10 +81,8 @@ class TcpProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.cut()
