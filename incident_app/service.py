@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app import lifecycle
 from incident_app.db import reading, transaction
@@ -223,6 +223,15 @@ class IncidentService:
 
     # ------------------------------------------------------------------ read
 
+    @staticmethod
+    def _existing(conn: Connection, incident_id: str, *, for_update: bool = False) -> Row:
+        """The incident, or IncidentNotFound; an id that cannot exist is not even looked up."""
+        possible = INCIDENT_ID.fullmatch(incident_id) is not None
+        row = repo.find_incident(conn, incident_id, for_update=for_update) if possible else None
+        if row is None:
+            raise IncidentNotFound(incident_id)
+        return row
+
     def get_incident(self, incident_id: str) -> dict[str, Any]:
         if not INCIDENT_ID.fullmatch(incident_id):
             raise IncidentNotFound(incident_id)
@@ -256,13 +265,9 @@ class IncidentService:
         transition is made by exactly one request; the others see it done and change nothing."""
         if status is None and assigned_to is UNSET and note is None:
             raise NothingToUpdate()
-        if not INCIDENT_ID.fullmatch(incident_id):
-            raise IncidentNotFound(incident_id)
 
         with transaction(self.engine, write=True) as conn:
-            row = repo.find_incident(conn, incident_id, for_update=True)
-            if row is None:
-                raise IncidentNotFound(incident_id)
+            row = self._existing(conn, incident_id, for_update=True)
             now = self.clock()
             changes: dict[str, Any] = {}
             transition = lifecycle.plan_transition(row.status, status) if status is not None else None
@@ -291,12 +296,8 @@ class IncidentService:
 
     def link_alerts(self, incident_id: str, alert_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
         """Link more alerts; one already linked is left as it was, so a retry changes nothing."""
-        if not INCIDENT_ID.fullmatch(incident_id):
-            raise IncidentNotFound(incident_id)
         with transaction(self.engine, write=True) as conn:
-            row = repo.find_incident(conn, incident_id, for_update=True)
-            if row is None:
-                raise IncidentNotFound(incident_id)
+            row = self._existing(conn, incident_id, for_update=True)
             linked = {alert["alert_id"] for alert in repo.linked_alerts(conn, [row.id])[row.id]}
             new = [alert_id for alert_id in dict.fromkeys(alert_ids) if alert_id not in linked]
             if new:
@@ -308,10 +309,6 @@ class IncidentService:
         return incident_document(row, alerts)
 
     def timeline(self, incident_id: str) -> dict[str, Any]:
-        if not INCIDENT_ID.fullmatch(incident_id):
-            raise IncidentNotFound(incident_id)
         with reading(self.engine) as conn:
-            row = repo.find_incident(conn, incident_id)
-            if row is None:
-                raise IncidentNotFound(incident_id)
+            row = self._existing(conn, incident_id)
             return {"incident_id": incident_id, "events": events.list_events(conn, row.id)}

@@ -40,16 +40,21 @@ def link_directly(app, incident: dict, alert_id: uuid.UUID, linked_at: datetime)
         ))
 
 
+def create_platform_table(conn: sa.Connection) -> None:
+    """The Alert Ingestion Service's table, as the platform defines it."""
+    conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS alerts")
+    conn.exec_driver_sql(
+        "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
+        " timestamp TIMESTAMPTZ)"
+    )
+
+
 @pytest.fixture
 def platform_alerts(database_url) -> Iterator[sa.Connection]:
     """The Alert Ingestion Service's table, in the same PostgreSQL database, for one test."""
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS alerts")
-        conn.exec_driver_sql(
-            "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
-            " timestamp TIMESTAMPTZ)"
-        )
+        create_platform_table(conn)
         forget_platform_alerts_table()
         try:
             yield conn
@@ -152,11 +157,7 @@ def test_platform_table_created_later_is_used_once_the_lookup_is_refreshed(clien
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("CREATE SCHEMA alerts")
-            conn.exec_driver_sql(
-                "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
-                " timestamp TIMESTAMPTZ)"
-            )
+            create_platform_table(conn)
             add_platform_alert(conn, A1, "disk full", T0)
             forget_platform_alerts_table()
             assert read(client, created["incident_id"])["alerts"][0]["message"] == "disk full"
@@ -171,11 +172,7 @@ def test_platform_table_dropped_while_remembered_still_answers(client, app, data
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("CREATE SCHEMA alerts")
-            conn.exec_driver_sql(
-                "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
-                " timestamp TIMESTAMPTZ)"
-            )
+            create_platform_table(conn)
             add_platform_alert(conn, A1, "disk full", T0)
             created = create(client, app, [A1])
             assert created["alerts"][0]["message"] == "disk full"
