@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         incident_service=IncidentService(
             engine=engine, oncall=oncall, outbox=outbox, idempotency=idempotency, metrics=metrics,
             oncall_lookup_bound=timedelta(seconds=settings.http_client_timeout),
+            alert_service_url=settings.alert_service_url,
         ),
         # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
         # an app built by a test or a CLI command must not start timers behind its back.

@@ -179,6 +179,11 @@ class LinkedAlertSchema(ma.Schema):
     severity = fields.String()
     message = fields.String(allow_none=True)
     timestamp = Timestamp(allow_none=True)
+    url = fields.String(
+        required=True,
+        metadata={"description": "The alert in the Alert Ingestion Service (ALERT_SERVICE_URL).",
+                  "example": "http://alert-ingestion:8001/api/v1/alerts/3fa85f64-5717-4562-b3fc-2c963f66afa6"},
+    )
 
 
 class IncidentSummarySchema(ma.Schema):

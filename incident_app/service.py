@@ -96,6 +96,7 @@ class IncidentService:
         idempotency: IdempotencyKeys,
         metrics: IncidentMetrics,
         oncall_lookup_bound: timedelta = timedelta(seconds=10),
+        alert_service_url: str = "http://alert-ingestion:8001",
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
@@ -103,6 +104,8 @@ class IncidentService:
         # How long a new incident's notification waits for the on-call lookup before the
         # background may send it unassigned (only if this process died in between).
         self.oncall_lookup_bound = oncall_lookup_bound
+        # Each linked alert points at its page in the Alert Ingestion Service (ALERT_SERVICE_URL).
+        self.alert_service_url = alert_service_url
         self.outbox = outbox
         self.idempotency = idempotency
         self.metrics = metrics
@@ -154,7 +157,7 @@ class IncidentService:
             except sa.exc.SQLAlchemyError:
                 # The incident is committed: a retry replays it once the reservation goes stale.
                 log.warning("could not mark an idempotency key complete", exc_info=True)
-        return Created(incident_document(row, alerts))
+        return Created(self._document(row, alerts))
 
     def _assign_on_creation(self, row: Row, pending: Pending, assignee: str) -> tuple[Row, Pending]:
         try:
@@ -174,7 +177,7 @@ class IncidentService:
         with reading(self.engine) as conn:
             row = idempotency_queries.incident_by_pk(conn, replay.incident_pk)
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
-        return incident_document(row, alerts)
+        return self._document(row, alerts)
 
     def _release_quietly(self, reservation: Reservation) -> None:
         try:
@@ -223,6 +226,11 @@ class IncidentService:
 
     # ------------------------------------------------------------------ read
 
+    def _document(self, row: Row, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The incident with its alerts, each linked to the alert in the Alert Ingestion Service."""
+        base = f"{self.alert_service_url}/api/v1/alerts"
+        return incident_document(row, [{**alert, "url": f"{base}/{alert['alert_id']}"} for alert in alerts])
+
     @staticmethod
     def _existing(conn: Connection, incident_id: str, *, for_update: bool = False) -> Row:
         """The incident, or IncidentNotFound; an id that cannot exist is not even looked up."""
@@ -239,7 +247,7 @@ class IncidentService:
             found = repo.find_incident_with_alerts(conn, incident_id)
         if found is None:
             raise IncidentNotFound(incident_id)
-        return incident_document(*found)
+        return self._document(*found)
 
     def list_incidents(self, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any]:
         with reading(self.engine) as conn:
@@ -290,7 +298,7 @@ class IncidentService:
 
         if transition is not None:
             self.metrics.status_changed(transition, row.severity, (now - row.created_at).total_seconds())
-        return Update(incident_document(row, alerts), transition)
+        return Update(self._document(row, alerts), transition)
 
     # ------------------------------------------------------------------ alerts and timeline
 
@@ -306,7 +314,7 @@ class IncidentService:
                 events.record_event(conn, row.id, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in new]})
                 row = repo.update_incident(conn, row.id, {"updated_at": now})
             alerts = repo.linked_alerts(conn, [row.id])[row.id]
-        return incident_document(row, alerts)
+        return self._document(row, alerts)
 
     def timeline(self, incident_id: str) -> dict[str, Any]:
         with reading(self.engine) as conn:

@@ -77,6 +77,13 @@ def test_alert_ids_are_linked_with_duplicates_collapsed(client):
     assert all(RFC3339_UTC_MICROS.fullmatch(alert["linked_at"]) for alert in incident["alerts"])
 
 
+def test_each_alert_links_to_the_alert_ingestion_service(make_app):
+    client = make_app(alert_service_url="https://alerts.example.com").test_client()
+    alert = str(uuid.uuid4())
+    (linked,) = new_incident(client, alert_ids=[alert]).get_json()["alerts"]
+    assert linked["url"] == f"https://alerts.example.com/api/v1/alerts/{alert}"
+
+
 # --------------------------------------------------------------------------- on-call
 
 

@@ -27,6 +27,10 @@ def create(client, app, alert_ids: list, when: datetime = T0) -> dict:
     return response.get_json()
 
 
+def alert_url(alert_id: uuid.UUID) -> str:
+    return f"http://alert-ingestion:8001/api/v1/alerts/{alert_id}"  # the ALERT_SERVICE_URL default
+
+
 def read(client, incident_id: str) -> dict:
     response = client.get(f"{URL}/{incident_id}")
     assert response.status_code == 200, response.get_json()
@@ -85,7 +89,7 @@ def _fresh_lookup() -> Iterator[None]:
 def test_create_and_read_show_the_links_with_linked_at(client, app):
     created = create(client, app, [A2, A1])
     expected = sorted(
-        [{"alert_id": str(a), "linked_at": "2026-11-26T10:00:00.123456+00:00"} for a in (A1, A2)],
+        [{"alert_id": str(a), "linked_at": "2026-11-26T10:00:00.123456+00:00", "url": alert_url(a)} for a in (A1, A2)],
         key=lambda e: e["alert_id"],
     )
     assert sorted(created["alerts"], key=lambda e: e["alert_id"]) == expected
@@ -119,7 +123,7 @@ def test_incident_without_alerts_has_an_empty_list(client, app):
 def test_without_the_platform_table_entries_carry_only_the_link(client, app):
     created = create(client, app, [A1])
     [entry] = read(client, created["incident_id"])["alerts"]
-    assert set(entry) == {"alert_id", "linked_at"}
+    assert set(entry) == {"alert_id", "linked_at", "url"}
 
 
 def test_links_belong_to_their_own_incident(client, app):
@@ -142,18 +146,18 @@ def test_platform_table_adds_service_severity_message_and_timestamp(client, app,
         linked_at = "2026-11-26T10:00:00.123456+00:00"
         assert by_id[str(A1)] == {
             "alert_id": str(A1), "linked_at": linked_at, "service": "checkout", "severity": "warning",
-            "message": "p99 latency 2.3 s", "timestamp": "2026-11-26T09:58:30.123456+00:00",
+            "message": "p99 latency 2.3 s", "timestamp": "2026-11-26T09:58:30.123456+00:00", "url": alert_url(A1),
         }
         assert by_id[str(A2)]["message"] is None
         assert by_id[str(A2)]["timestamp"] == "2026-11-26T09:59:30.123449+00:00"
         # An alert the platform does not know keeps its link and nothing made up.
-        assert by_id[str(A3)] == {"alert_id": str(A3), "linked_at": linked_at}
+        assert by_id[str(A3)] == {"alert_id": str(A3), "linked_at": linked_at, "url": alert_url(A3)}
 
 
 @postgresql_only
 def test_platform_table_created_later_is_used_once_the_lookup_is_refreshed(client, app, database_url):
     created = create(client, app, [A1])
-    assert set(read(client, created["incident_id"])["alerts"][0]) == {"alert_id", "linked_at"}
+    assert set(read(client, created["incident_id"])["alerts"][0]) == {"alert_id", "linked_at", "url"}
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
@@ -180,7 +184,7 @@ def test_platform_table_dropped_while_remembered_still_answers(client, app, data
     finally:
         engine.dispose()
     [entry] = read(client, created["incident_id"])["alerts"]
-    assert entry == {"alert_id": str(A1), "linked_at": "2026-11-26T10:00:00.123456+00:00"}
+    assert entry == {"alert_id": str(A1), "linked_at": "2026-11-26T10:00:00.123456+00:00", "url": alert_url(A1)}
     # PATCH reads the links inside its write transaction: it must commit all the same.
     response = client.patch(f"{URL}/{created['incident_id']}", json={"status": "acknowledged"})
     assert response.status_code == 200, response.get_json()
@@ -200,4 +204,4 @@ def test_platform_table_missing_a_column_is_not_used(client, app, database_url):
             conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
     finally:
         engine.dispose()
-    assert set(created["alerts"][0]) == {"alert_id", "linked_at"}
+    assert set(created["alerts"][0]) == {"alert_id", "linked_at", "url"}
