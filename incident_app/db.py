@@ -182,7 +182,3 @@ def warm_pool(engine: Engine, connections: int) -> None:
         for conn in opened:
             conn.close()
 
-
-def ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SELECT 1")

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine, Row
 
-from incident_app.db import transaction
+from incident_app.db import reading, transaction
+from incident_app.lifecycle import note_entry
 from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import NotificationOutbox, Pending
 from incident_app.peers.oncall import OnCallClient
@@ -45,7 +46,7 @@ class Escalator:
         as_of = now
         now = now or self.clock()
         opened_before = now - self.timeout
-        with transaction(self.engine) as conn:
+        with reading(self.engine) as conn:
             due = queries.due_incidents(conn, opened_before=opened_before, max_level=MAX_LEVEL, limit=BATCH)
         escalated = 0
         secondaries: dict[str, str | None] = {}
@@ -79,8 +80,7 @@ class Escalator:
             )
             changes = {
                 "escalation_level": level, "escalated_at": now, "updated_at": now,
-                "notes": [*row.notes, {"text": note, "author": SYSTEM,
-                                       "created_at": now.isoformat(timespec="microseconds")}],
+                "notes": [*row.notes, note_entry(note, SYSTEM, now)],
             }
             if assignee != row.assigned_to:
                 changes["assigned_to"] = assignee

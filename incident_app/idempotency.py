@@ -61,18 +61,18 @@ class IdempotencyKeys:
                 return Reservation(key, now)
             row = keys.find_for_update(conn, key)
             if row is None or row.expires_at <= now:
-                return self._take_over(conn, key, fingerprint, now)
+                return self._take_over(conn, key, fingerprint, now, exists=row is not None)
             if row.request_hash != fingerprint:
                 raise IdempotencyKeyReused()
             stale = now - row.reserved_at > self.in_flight_for
             if row.incident_id is not None and (row.completed_at is not None or stale):
                 return Replay(row.incident_id)
             if row.incident_id is None and stale:
-                return self._take_over(conn, key, fingerprint, now)
+                return self._take_over(conn, key, fingerprint, now, exists=True)
             raise IdempotencyKeyInFlight()
 
-    def _take_over(self, conn: Connection, key: str, fingerprint: str, now: datetime) -> Reservation:
-        if keys.find_for_update(conn, key) is None:
+    def _take_over(self, conn: Connection, key: str, fingerprint: str, now: datetime, *, exists: bool) -> Reservation:
+        if not exists:  # it went away between the failed reservation and the read: reserve afresh
             keys.try_reserve(conn, key, fingerprint, now=now, expires_at=now + KEEP_FOR)
         else:
             keys.take_over(conn, key, fingerprint, now=now, expires_at=now + KEEP_FOR)

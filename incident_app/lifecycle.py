@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class Severity(enum.StrEnum):
@@ -56,6 +57,11 @@ class Transition:
     @property
     def resolves(self) -> bool:
         return self.to_status == Status.RESOLVED.value
+
+
+def note_entry(text: str, author: str | None, at: datetime) -> dict[str, str | None]:
+    """A note as the incident's `notes` array keeps it."""
+    return {"text": text, "author": author, "created_at": at.isoformat(timespec="microseconds")}
 
 
 def allowed_next(current: str) -> tuple[str, ...]:

@@ -113,19 +113,6 @@ class IncidentService:
 
     # ------------------------------------------------------------------ create
 
-    def open_incident(
-        self,
-        *,
-        title: str,
-        service: str,
-        severity: str,
-        description: str | None = None,
-        alert_ids: Sequence[uuid.UUID] = (),
-    ) -> dict[str, Any]:
-        return self.create_incident(
-            title=title, service=service, severity=severity, description=description, alert_ids=alert_ids
-        ).incident
-
     def create_incident(self, *, idempotency_key: str | None = None, **fields: Any) -> Created:
         """Open an incident in the contract's order: store it, ask who is on call, assign, notify.
 
@@ -289,8 +276,7 @@ class IncidentService:
                 events.record_event(conn, row.id, "reassigned", at=now, actor=author,
                                     details={"from": row.assigned_to, "to": assigned_to})
             if note is not None:
-                entry = {"text": note, "author": author, "created_at": now.isoformat(timespec="microseconds")}
-                changes["notes"] = [*row.notes, entry]
+                changes["notes"] = [*row.notes, lifecycle.note_entry(note, author, now)]
                 events.record_event(conn, row.id, "note_added", at=now, actor=author, details={"text": note})
             if changes:
                 row = repo.update_incident(conn, row.id, {**changes, "updated_at": now})

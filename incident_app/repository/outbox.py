@@ -100,9 +100,3 @@ def replace_payload(conn: Connection, notification_id: uuid.UUID, payload: Mappi
         .values(payload=dict(payload))
     )
     return result.rowcount == 1
-
-
-def for_incident(conn: Connection, incident_pk: uuid.UUID) -> list[Row]:
-    o = notification_outbox.c
-    return list(conn.execute(sa.select(*notification_outbox.c).where(o.incident_id == incident_pk)
-                             .order_by(o.created_at)))
