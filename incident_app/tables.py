@@ -154,3 +154,18 @@ idempotency_keys = sa.Table(
     schema=SCHEMA,
 )
 sa.Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)
+
+# ----------------------------------------------------------------------------- incident counts (0003)
+
+# Exact list totals without counting rows: incidents per (service, severity, status). The service
+# never writes it; the database's triggers keep it (see migration 0003), so it stays exact whoever
+# writes to incidents: this service, other replicas, an operator's SQL, a bulk load.
+incident_counts = sa.Table(
+    "incident_counts",
+    metadata,
+    sa.Column("service", sa.String(255), primary_key=True),
+    sa.Column("severity", severity_level, primary_key=True),
+    sa.Column("status", incident_status, primary_key=True),
+    sa.Column("count", sa.BigInteger(), nullable=False),
+    schema=SCHEMA,
+)

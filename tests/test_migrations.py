@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from incident_app import migrate
-from incident_app.db import create_engine
+from incident_app.db import create_engine, transaction
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, metadata
 
@@ -67,7 +67,20 @@ def schema_snapshot(engine: sa.Engine) -> dict[str, Any]:
             }
         if schema:
             snapshot["enums"] = sorted(str(e) for e in inspector.get_enums(schema=schema))
+        snapshot["triggers"] = triggers_on_incidents(conn)
     return snapshot
+
+
+def triggers_on_incidents(conn: sa.Connection) -> dict[str, str]:
+    """Name → definition of the triggers on incidents (they keep incident_counts, see migration 0003)."""
+    if conn.dialect.name == "postgresql":
+        query = (
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+            f" WHERE tgrelid = '{SCHEMA}.incidents'::regclass AND NOT tgisinternal"
+        )
+    else:
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'incidents'"
+    return dict(conn.exec_driver_sql(query).all())
 
 
 # --------------------------------------------------------------------------- from empty to head
@@ -146,7 +159,7 @@ def test_postgresql_schema_enums_jsonb_and_indexes(empty_database):
 def test_postgresql_defaults_fill_status_and_notes(empty_database):
     engine = upgraded(empty_database)
     try:
-        with engine.begin() as conn:
+        with transaction(engine) as conn:
             conn.execute(sa.text(
                 f"INSERT INTO {SCHEMA}.incidents (id, incident_id, title, service, severity, created_at, updated_at)"
                 " VALUES (gen_random_uuid(), 'inc-0000000000000001', 't', 's', 'low', now(), now())"
@@ -157,6 +170,33 @@ def test_postgresql_defaults_fill_status_and_notes(empty_database):
     finally:
         engine.dispose()
     assert (status, notes) == ("open", [])
+
+
+@by_dialect
+def test_incident_counts_are_kept_by_triggers_on_incidents(empty_database):
+    engine = upgraded(empty_database)
+    try:
+        with engine.connect() as conn:
+            triggers = triggers_on_incidents(conn)
+    finally:
+        engine.dispose()
+    if engine.dialect.name == "sqlite":
+        # Row-level, SQLite has no other kind; an update counts only when a counted column changes.
+        assert sorted(triggers) == [f"incident_counts_after_{e}" for e in ("delete", "insert", "update")]
+        assert "AFTER INSERT ON incidents" in triggers["incident_counts_after_insert"]
+        assert "AFTER UPDATE OF service, severity, status ON incidents" in triggers["incident_counts_after_update"]
+        assert "AFTER DELETE ON incidents" in triggers["incident_counts_after_delete"]
+        return
+    # Statement-level with transition tables: one grouped upsert per statement, however many rows.
+    for event, referencing in (
+        ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
+        ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
+    ):
+        definition = triggers.pop(f"incident_counts_after_{event.lower()}")
+        assert f"AFTER {event} ON {SCHEMA}.incidents {referencing} FOR EACH STATEMENT" in definition
+    # TRUNCATE fires no DELETE trigger: its own trigger empties the counts.
+    assert list(triggers) == ["incident_counts_after_truncate"]
 
 
 # --------------------------------------------------------------------------- no drift from tables.py
