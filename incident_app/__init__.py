@@ -11,6 +11,7 @@ from flask_cors import CORS
 
 from incident_app import migrate
 from incident_app.access import install_api_keys
+from incident_app.analytics_cache import AnalyticsCache
 from incident_app.api import docs, health, incidents
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             engine=engine, oncall=oncall, outbox=outbox, idempotency=idempotency, metrics=metrics,
             oncall_lookup_bound=timedelta(seconds=settings.http_client_timeout),
             alert_service_url=settings.alert_service_url,
+            analytics_cache=AnalyticsCache(max_age=settings.analytics_cache_seconds),
         ),
         # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
         # an app built by a test or a CLI command must not start timers behind its back.

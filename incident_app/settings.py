@@ -142,6 +142,8 @@ class Settings:
     # Escalation checks, outbox retries and key expiry inside each gunicorn worker; off when a
     # separate `flask background run` process does them instead.
     background_work: bool = True
+    # Seconds an analytics answer that was slow to compute is reused for the same filters; 0: never.
+    analytics_cache_seconds: float = 30.0
 
     @property
     def is_production(self) -> bool:
@@ -198,4 +200,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "API_KEYS": ("api_keys", _keys),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
     "BACKGROUND_WORK": ("background_work", _flag),
+    "ANALYTICS_CACHE_SECONDS": ("analytics_cache_seconds", _number(float, minimum=0)),
 }

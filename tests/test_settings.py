@@ -28,6 +28,7 @@ def test_defaults_match_the_contract():
     assert s.mttr_buckets == (300, 600, 1800, 3600, 7200, 14400, 28800)
     assert s.log_level == "INFO"
     assert s.api_keys == ()
+    assert s.analytics_cache_seconds == 30
 
 
 def test_every_variable_is_read():
@@ -40,7 +41,7 @@ def test_every_variable_is_read():
         "CORS_ORIGINS": "https://ui.example.com, http://localhost:3000",
         "ONCALL_SERVICE_URL": "http://oncall:1/", "NOTIFICATION_SERVICE_URL": "https://notify:2",
         "ALERT_SERVICE_URL": "http://alerts:3", "MTTA_BUCKETS": "1,2.5,10", "MTTR_BUCKETS": "5,50",
-        "LOG_LEVEL": "debug", "API_KEYS": "k1, k2",
+        "LOG_LEVEL": "debug", "API_KEYS": "k1, k2", "ANALYTICS_CACHE_SECONDS": "2.5",
     })
     assert s.database_url == "postgresql+psycopg2://u@db:5432/incidents"
     assert (s.service_name, s.service_port, s.environment, s.app_version) == ("inc", 9000, "staging", "2.3.4")
@@ -54,6 +55,7 @@ def test_every_variable_is_read():
     assert s.mtta_buckets == (1, 2.5, 10) and s.mttr_buckets == (5, 50)
     assert s.log_level == "DEBUG"
     assert s.api_keys == ("k1", "k2")
+    assert s.analytics_cache_seconds == 2.5
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,8 @@ def test_every_variable_is_read():
         ("DATABASE_URL", "not a url"),
         ("CORS_ORIGINS", "localhost:3000"),
         ("HEALTH_DISK_THRESHOLD", "101"),
+        ("ANALYTICS_CACHE_SECONDS", "-1"),
+        ("ANALYTICS_CACHE_SECONDS", "half a minute"),
     ],
 )
 def test_bad_value_names_variable_and_value(variable, value):
@@ -82,6 +86,10 @@ def test_bad_value_names_variable_and_value(variable, value):
     message = str(bad.value)
     assert variable in message and repr(value) in message
     assert "\n" not in message
+
+
+def test_analytics_cache_seconds_zero_turns_reuse_off():
+    assert Settings.from_env({"ANALYTICS_CACHE_SECONDS": "0"}).analytics_cache_seconds == 0
 
 
 def test_pool_min_above_max_is_refused():

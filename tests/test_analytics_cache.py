@@ -1,0 +1,245 @@
+"""Analytics answers shared per process: one computation per filter set at a time, a slow answer
+reused until it is ANALYTICS_CACHE_SECONDS old, a cheap one never, and at most 64 filter sets kept."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from incident_app.analytics_cache import MAX_FILTER_SETS, SLOW_AFTER_SECONDS, AnalyticsCache
+from incident_app.repository.analytics import AnalyticsFilters
+
+URL = "/api/v1/incidents/analytics"
+ALL = AnalyticsFilters()
+CRITICAL = AnalyticsFilters(severity="critical")
+
+
+class FakeClock:
+    """Time that moves only when told to; counts its reads (the cache reads it as each request enters)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.reads += 1
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Computation:
+    """A fake analytics query that costs `cost` seconds of the fake clock and counts its runs."""
+
+    def __init__(self, clock: FakeClock, *, cost: float) -> None:
+        self.clock, self.cost, self.runs = clock, cost, 0
+
+    def __call__(self) -> dict:
+        self.runs += 1
+        self.clock.advance(self.cost)
+        return {"run": self.runs}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# --------------------------------------------------------------------------- reuse
+
+
+def test_slow_answer_is_reused_until_it_is_max_age_old(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    compute = Computation(clock, cost=1.5)
+    assert cache.answer(ALL, compute) == {"run": 1}
+    clock.advance(28.25)  # 29.75 s after the computation began
+    assert cache.answer(ALL, compute) == {"run": 1}
+    clock.advance(0.25)  # age counts from the start, so nothing handed out is older than max_age
+    assert cache.answer(ALL, compute) == {"run": 2}
+    assert compute.runs == 2
+
+
+@pytest.mark.parametrize(
+    ("cost", "reused"), [(0.0, False), (SLOW_AFTER_SECONDS / 2, False), (SLOW_AFTER_SECONDS, True)]
+)
+def test_only_an_answer_that_took_slow_after_or_longer_is_reused(clock, cost, reused):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    compute = Computation(clock, cost=cost)
+    cache.answer(ALL, compute)
+    assert cache.answer(ALL, compute) == {"run": 1 if reused else 2}
+
+
+def test_zero_max_age_never_reuses_even_a_slow_answer(clock):
+    cache = AnalyticsCache(max_age=0, clock=clock)
+    compute = Computation(clock, cost=5)
+    assert [cache.answer(ALL, compute) for _ in range(3)] == [{"run": 1}, {"run": 2}, {"run": 3}]
+
+
+def test_filter_sets_are_kept_apart(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    everything, critical = Computation(clock, cost=1), Computation(clock, cost=1)
+    cache.answer(ALL, everything)
+    cache.answer(CRITICAL, critical)
+    assert cache.answer(ALL, everything) == {"run": 1}
+    assert cache.answer(AnalyticsFilters(severity="critical"), critical) == {"run": 1}  # equal filters, same set
+    assert cache.answer(AnalyticsFilters(service="api"), everything) == {"run": 2}
+    assert (everything.runs, critical.runs) == (2, 1)
+
+
+def test_least_recently_used_filter_set_is_evicted_first(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock, max_entries=2)
+    first, second, third = AnalyticsFilters(service="a"), AnalyticsFilters(service="b"), AnalyticsFilters(service="c")
+    compute = {key: Computation(clock, cost=1) for key in (first, second, third)}
+    cache.answer(first, compute[first])
+    cache.answer(second, compute[second])
+    cache.answer(first, compute[first])  # first is now the most recently used
+    cache.answer(third, compute[third])  # evicts second
+    assert cache.answer(first, compute[first]) == {"run": 1}
+    assert cache.answer(second, compute[second]) == {"run": 2}
+
+
+def test_default_bound_is_64_filter_sets(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    compute = Computation(clock, cost=1)
+    filters = [AnalyticsFilters(service=f"svc-{i}") for i in range(MAX_FILTER_SETS + 1)]
+    for f in filters:
+        cache.answer(f, compute)
+    assert MAX_FILTER_SETS == 64
+    assert cache.answer(filters[-1], compute) == {"run": 65}  # still kept
+    assert cache.answer(filters[0], compute) == {"run": 66}  # evicted
+
+
+def test_an_error_is_not_kept(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    calls = []
+
+    def failing_then_slow() -> dict:
+        calls.append(1)
+        clock.advance(1)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return {"run": len(calls)}
+
+    with pytest.raises(RuntimeError):
+        cache.answer(ALL, failing_then_slow)
+    assert cache.answer(ALL, failing_then_slow) == {"run": 2}
+
+
+# --------------------------------------------------------------------------- single flight
+
+
+class HeldComputation:
+    """A computation that starts, then waits for `release` before producing result()."""
+
+    def __init__(self, result: Callable[[], dict]) -> None:
+        self.result, self.runs = result, 0
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> dict:
+        self.runs += 1
+        self.started.set()
+        assert self.release.wait(10), "never released"
+        return self.result()
+
+
+def ask_at_once(cache: AnalyticsCache, clock: FakeClock, compute: HeldComputation, *, requests: int = 10) -> list:
+    """`requests` threads ask for the same analytics while the first computation is held, which is
+    released once every request is inside the cache. Returns each request's future."""
+    with ThreadPoolExecutor(max_workers=requests) as pool:
+        futures = [pool.submit(cache.answer, ALL, compute)]
+        assert compute.started.wait(5)
+        futures += [pool.submit(cache.answer, ALL, compute) for _ in range(requests - 1)]
+        wait_until(lambda: clock.reads >= requests)
+        compute.release.set()
+    return futures
+
+
+def test_concurrent_requests_share_one_computation(clock):
+    # A cheap computation: nothing is reused afterwards, so one run means the requests waited for it.
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    compute = HeldComputation(lambda: {"total_incidents": 7})
+    futures = ask_at_once(cache, clock, compute)
+    answers = [future.result(timeout=5) for future in futures]
+    assert compute.runs == 1
+    assert answers == [{"total_incidents": 7}] * 10
+    assert all(answer is answers[0] for answer in answers)
+    assert cache.answer(ALL, compute) == {"total_incidents": 7} and compute.runs == 2
+
+
+def test_concurrent_requests_all_get_the_computations_error(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock)
+    failure = RuntimeError("statement timeout")
+
+    def fail() -> dict:
+        clock.advance(1)  # slow, yet an error is never kept
+        raise failure
+
+    compute = HeldComputation(fail)
+    futures = ask_at_once(cache, clock, compute)
+    assert all(future.exception(timeout=5) is failure for future in futures)
+    assert compute.runs == 1
+    with pytest.raises(RuntimeError):
+        cache.answer(ALL, compute)
+    assert compute.runs == 2
+
+
+# --------------------------------------------------------------------------- through the app
+
+
+def new_incident(client) -> None:
+    response = client.post("/api/v1/incidents", json={"title": "t", "service": "api", "severity": "high"})
+    assert response.status_code == 201, response.get_json()
+
+
+def total(client) -> int:
+    response = client.get(URL)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["total_incidents"]
+
+
+def test_reused_answer_is_served_until_analytics_cache_seconds_have_passed(make_app):
+    # One second rather than less, so that a busy machine still asks twice within it.
+    age = 1.0
+    app = make_app(analytics_cache_seconds=age)
+    # Every answer counts as slow here: the test data is far too small to be slow for real.
+    app.extensions["incident_service"].analytics_cache.slow_after = 0
+    client = app.test_client()
+
+    first_asked = time.monotonic()
+    assert total(client) == 0
+    new_incident(client)
+    assert total(client) == 0
+    assert time.monotonic() - first_asked < age, "too slow to ask twice within the age"
+
+    wait_until(lambda: total(client) == 1, timeout=age + 10)
+    assert time.monotonic() - first_asked >= age
+
+
+def test_cheap_answers_show_a_new_incident_at_once(make_app):
+    client = make_app().test_client()  # default ANALYTICS_CACHE_SECONDS and slow_after
+    assert total(client) == 0
+    new_incident(client)
+    assert total(client) == 1
+
+
+def test_zero_analytics_cache_seconds_turns_reuse_off(make_app):
+    app = make_app(analytics_cache_seconds=0)
+    app.extensions["incident_service"].analytics_cache.slow_after = 0
+    client = app.test_client()
+    assert total(client) == 0
+    new_incident(client)
+    assert total(client) == 1
