@@ -29,6 +29,8 @@ STATEMENT_TIMEOUT_MS = 30_000
 # steady use that dies is still detected on use, and the pool then recycles them all.
 PING_AFTER_IDLE_SECONDS = 1.0
 SQLITE_BUSY_TIMEOUT = 15
+# PostgreSQL's default level, set on a connection for the length of a `transaction` block.
+TRANSACTION_ISOLATION = "READ COMMITTED"
 # Under gevent no single wait on the database outlives the statement timeout by more than this.
 WAIT_MARGIN_SECONDS = 5
 
@@ -74,6 +76,9 @@ def create_engine(settings: Settings) -> Engine:
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT,
         pool_recycle=1800,
+        # Statements commit by themselves unless `transaction` opens one: a read or a single-statement
+        # write then costs one round trip, without BEGIN and COMMIT.
+        isolation_level="AUTOCOMMIT",
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": settings.service_name[:63],
@@ -153,6 +158,8 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
         conn = stack.enter_context(engine.connect())
         if write:
             conn.execution_options(for_write=True)
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level=TRANSACTION_ISOLATION)
         stack.enter_context(conn.begin())
         yield conn
 
@@ -161,13 +168,28 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
 def reading(engine: Engine) -> Iterator[Connection]:
     """A connection for reads that need no transaction: each statement sees the latest commit.
 
-    On PostgreSQL it runs in autocommit, which saves the BEGIN and COMMIT round trips of a
+    On PostgreSQL it stays in autocommit, which saves the BEGIN and COMMIT round trips of a
     transaction (a third of a single-row read's database time); SQLite reads stay transactional.
     """
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
+
+
+@contextmanager
+def single_statement(engine: Engine) -> Iterator[Connection]:
+    """For a block that writes with one statement: on PostgreSQL it commits by itself, one round
+    trip in all; SQLite wraps the block in a write transaction as `transaction` does."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            yield conn
+    else:
+        with transaction(engine, write=True) as conn:
+            yield conn
+
+
+def autocommitting(conn: Connection) -> bool:
+    """Whether each statement on `conn` commits by itself (PostgreSQL outside `transaction`)."""
+    return conn.dialect.name == "postgresql" and conn.connection.dbapi_connection.autocommit
 
 
 def warm_pool(engine: Engine, connections: int) -> None:
@@ -182,3 +204,22 @@ def warm_pool(engine: Engine, connections: int) -> None:
         for conn in opened:
             conn.close()
 
+
+
+def execute_together(conn: Connection, first: sa.Executable, *others: sa.UpdateBase | None) -> list[sa.Row]:
+    """Run `first` and the writes `others`, returning the rows of `first`.
+
+    PostgreSQL runs them as one statement, the others as data-modifying CTEs: one round trip.
+    They share one snapshot there, so none of them may depend on another's effect (foreign keys
+    to a row inserted by `first` are fine: they are checked at the end of the statement). SQLite
+    runs them one after the other, `first` first. None in `others` is skipped.
+    """
+    writes = [statement for statement in others if statement is not None]
+    if conn.dialect.name == "postgresql" and writes:
+        ctes = [statement.cte(f"together_{index}") for index, statement in enumerate(writes)]
+        return conn.execute(first.add_cte(*ctes)).all()
+    result = conn.execute(first)
+    rows = result.all() if result.returns_rows else []
+    for statement in writes:
+        conn.execute(statement)
+    return rows

@@ -9,13 +9,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from incident_app.db import transaction
+from incident_app.db import execute_together, single_statement, transaction
 from incident_app.metrics import IncidentMetrics
 from incident_app.peers.notify import CHANNEL, NotificationClient
 from incident_app.repository import events
@@ -45,6 +46,10 @@ class Pending:
     payload: dict[str, Any]
     attempts: int = 0
 
+    def to(self, engineer: str) -> Pending:
+        """The same notification, addressed to another engineer."""
+        return replace(self, payload={**self.payload, "engineer": engineer})
+
 
 class NotificationOutbox:
     def __init__(
@@ -58,66 +63,94 @@ class NotificationOutbox:
         # How long a claimed row is left alone: longer than one call to the Notification Service.
         self.lease = lease
 
-    def enqueue(
-        self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime,
-        hold: timedelta = timedelta(0),
-    ) -> Pending:
-        """Write the notification in the caller's transaction, leased to the caller for one try.
+    def prepare(
+        self, *, incident_pk: uuid.UUID, incident_id: str, severity: str, engineer: str, message: str,
+        now: datetime, hold: timedelta = timedelta(0),
+    ) -> tuple[Pending, sa.Insert]:
+        """A notification and the INSERT that writes it with the change that causes it, leased to the
+        caller for one try.
 
         `hold` lengthens the lease for a caller with work to do before that try (the on-call lookup):
         should it die meanwhile, the background delivers the row as it stands once the lease ends.
         """
         notification_id = uuid.uuid4()
         payload = {
-            "incident_id": incident.incident_id,
+            "incident_id": incident_id,
             "engineer": engineer,
             "channel": CHANNEL,
             "message": message,
-            "severity": incident.severity,
+            "severity": severity,
             "notification_id": str(notification_id),
         }
-        queue.enqueue(
-            conn, notification_id=notification_id, incident_pk=incident.id, payload=payload, now=now,
+        statement = queue.enqueue(
+            notification_id=notification_id, incident_pk=incident_pk, payload=payload, now=now,
             first_attempt_at=now + self.lease + hold,
         )
-        return Pending(notification_id, incident.id, payload)
+        return Pending(notification_id, incident_pk, payload), statement
+
+    def enqueue(self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime) -> Pending:
+        """Write the notification in the caller's transaction, leased to the caller for one try."""
+        pending, statement = self.prepare(
+            incident_pk=incident.id, incident_id=incident.incident_id, severity=incident.severity,
+            engineer=engineer, message=message, now=now,
+        )
+        conn.execute(statement)
+        return pending
 
     def readdress(self, conn: Connection, pending: Pending, *, engineer: str) -> Pending:
         """Send a notification not yet tried to another engineer (the assignee found after the commit)."""
-        payload = {**pending.payload, "engineer": engineer}
-        queue.replace_payload(conn, pending.id, payload)
-        return Pending(pending.id, pending.incident_pk, payload, pending.attempts)
+        pending = pending.to(engineer)
+        queue.replace_payload(conn, pending.id, pending.payload)
+        return pending
+
+    def send(self, pending: Pending) -> bool:
+        """One attempt, nothing recorded: the caller records it (`sent` or `record_failure`), then `count`s it."""
+        return self.notifier.send(pending.payload)
+
+    def sent(self, pending: Pending, *, now: datetime) -> tuple[sa.Update, dict[str, Any]]:
+        """What records a delivered attempt: the row marked sent (with the payload that went out) and
+        its `notified` event, independent writes for one statement (db.execute_together)."""
+        attempts = pending.attempts + 1
+        return (
+            queue.mark_sent(pending.id, attempts=attempts, now=now, payload=pending.payload),
+            events.event(pending.incident_pk, "notified", at=now,
+                         details=self._details(pending.id, pending.payload, attempts)),
+        )
+
+    def record_failure(self, conn: Connection, pending: Pending, *, now: datetime) -> None:
+        """Reschedule a failed attempt, or give the notification up after a day of failures."""
+        row = queue.find_pending(conn, pending.id)
+        if row is not None:
+            self._record_failure(conn, row, attempts=pending.attempts + 1, now=now)
+
+    def count(self, delivered: bool) -> None:
+        """The attempt in the metrics, once its outcome is committed."""
+        self.metrics.notification_attempted(CHANNEL, delivered)
 
     def deliver(self, pending: Pending, *, now: datetime | None = None) -> bool:
         """One attempt, then its outcome recorded (as of `now`, default: when the reply came); metrics
         after the commit."""
-        delivered = self.notifier.send(pending.payload)
-        attempts = pending.attempts + 1
+        delivered = self.send(pending)
         now = now or self.clock()
         try:
-            with transaction(self.engine, write=True) as conn:
-                if delivered:  # the usual case, in one statement
-                    row = queue.mark_sent(conn, pending.id, attempts=attempts, now=now)
-                    if row is not None:
-                        self._notified(conn, row, attempts=attempts, now=now)
-                else:
-                    row = queue.find_pending(conn, pending.id)
-                    if row is not None:
-                        self._record_failure(conn, row, attempts=attempts, now=now)
+            if delivered:  # the usual case, in one statement
+                mark_sent, notified = self.sent(pending, now=now)
+                with single_statement(self.engine) as conn:
+                    execute_together(conn, mark_sent, events.insert_events(notified))
+            else:
+                with transaction(self.engine, write=True) as conn:
+                    self.record_failure(conn, pending, now=now)
         except Exception:  # the lease expires and the row is retried
             log.exception("could not record a notification attempt", extra={"notification_id": str(pending.id)})
-        self.metrics.notification_attempted(CHANNEL, delivered)
+        self.count(delivered)
         return delivered
 
     @staticmethod
-    def _details(row: Row, attempts: int) -> dict[str, Any]:
-        return {"notification_id": str(row.id), "engineer": row.payload.get("engineer"), "attempt": attempts}
-
-    def _notified(self, conn: Connection, row: Row, *, attempts: int, now: datetime) -> None:
-        events.record_event(conn, row.incident_id, "notified", at=now, details=self._details(row, attempts))
+    def _details(notification_id: uuid.UUID, payload: dict[str, Any], attempts: int) -> dict[str, Any]:
+        return {"notification_id": str(notification_id), "engineer": payload.get("engineer"), "attempt": attempts}
 
     def _record_failure(self, conn: Connection, row: Row, *, attempts: int, now: datetime) -> None:
-        details = self._details(row, attempts)
+        details = self._details(row.id, row.payload, attempts)
         if now - row.created_at >= GIVE_UP_AFTER:
             queue.finish(conn, row.id, state=queue.EXPIRED, attempts=attempts, now=now)
             events.record_event(conn, row.incident_id, "notification_failed", at=now,

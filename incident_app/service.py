@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app import lifecycle
-from incident_app.db import reading, transaction
+from incident_app.analytics_cache import AnalyticsCache
+from incident_app.db import execute_together, reading, single_statement, transaction
 from incident_app.errors import IncidentNotFound, NothingToUpdate
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
@@ -65,8 +66,8 @@ class Created:
     replayed: bool = False
 
 
-def notification_message(row: Row) -> str:
-    return f"[{row.severity.upper()}] {row.title} ({row.service}) — {row.incident_id}"
+def notification_message(*, severity: str, title: str, service: str, incident_id: str, **_: Any) -> str:
+    return f"[{severity.upper()}] {title} ({service}) — {incident_id}"
 
 
 def _seconds(later: datetime | None, earlier: datetime) -> float | None:
@@ -98,6 +99,7 @@ class IncidentService:
         oncall_lookup_bound: timedelta = timedelta(seconds=10),
         alert_service_url: str = "http://alert-ingestion:8001",
         clock: Callable[[], datetime] = utcnow,
+        analytics_cache: AnalyticsCache | None = None,
     ) -> None:
         self.engine = engine
         self.oncall = oncall
@@ -110,15 +112,18 @@ class IncidentService:
         self.idempotency = idempotency
         self.metrics = metrics
         self.clock = clock
+        # Concurrent requests for the same analytics share one computation; by default none is reused.
+        self.analytics_cache = analytics_cache or AnalyticsCache(max_age=0)
 
     # ------------------------------------------------------------------ create
 
     def create_incident(self, *, idempotency_key: str | None = None, **fields: Any) -> Created:
         """Open an incident in the contract's order: store it, ask who is on call, assign, notify.
 
-        The first commit holds the incident, its timeline and its notification (addressed to the
+        The first statement stores the incident, its timeline and its notification (addressed to the
         service, held for the length of the lookup), so a crash at any point loses neither the
-        incident nor the page; the second records the assignee and readdresses the notification.
+        incident nor the page. The notification then goes to the assignee, and one more statement
+        records the assignment and the delivery.
         """
         reservation: Reservation | None = None
         if idempotency_key is not None:
@@ -134,9 +139,12 @@ class IncidentService:
             raise
         self.metrics.incident_opened(row.severity)
         assignee = self.oncall.current(row.service).primary
+        assigned_at = self.clock()
         if assignee is not None:
-            row, pending = self._assign_on_creation(row, pending, assignee)
-        self.outbox.deliver(pending)
+            pending = pending.to(assignee)
+        delivered = self.outbox.send(pending)
+        row = self._record_assignment_and_delivery(row, pending, assignee, assigned_at, delivered)
+        self.outbox.count(delivered)
         # Until here a retry with the same key is told the first is still in flight (409).
         if reservation is not None:
             try:
@@ -146,19 +154,39 @@ class IncidentService:
                 log.warning("could not mark an idempotency key complete", exc_info=True)
         return Created(self._document(row, alerts))
 
-    def _assign_on_creation(self, row: Row, pending: Pending, assignee: str) -> tuple[Row, Pending]:
+    def _record_assignment_and_delivery(
+        self, row: Row, pending: Pending, assignee: str | None, assigned_at: datetime, delivered: bool
+    ) -> Row:
+        """The on-call assignee as of the lookup (unless someone assigned the incident by hand
+        meanwhile: theirs stands) and the first delivery attempt as of its reply, in one transaction:
+        on PostgreSQL one statement when delivered."""
         try:
-            with transaction(self.engine, write=True) as conn:
-                now = self.clock()
-                assigned = repo.assign_if_unassigned(conn, row.id, assignee, now)
-                if assigned is None:  # someone assigned it by hand meanwhile: theirs stands
-                    return repo.find_incident(conn, row.incident_id), pending
-                events.record_event(conn, row.id, "assigned", at=now, details={"assigned_to": assignee})
-                return assigned, self.outbox.readdress(conn, pending, engineer=assignee)
+            now = self.clock()
+            if delivered:
+                mark_sent, notified = self.outbox.sent(pending, now=now)
+                with single_statement(self.engine) as conn:
+                    if assignee is None:
+                        execute_together(conn, mark_sent, events.insert_events(notified))
+                        return row
+                    writes = (mark_sent, events.insert_events(notified))
+                    assigned = repo.assign_if_unassigned(conn, row.id, assignee, assigned_at, together=writes)
+            else:
+                with transaction(self.engine, write=True) as conn:
+                    if assignee is None:
+                        self.outbox.record_failure(conn, pending, now=now)
+                        return row
+                    assigned = repo.assign_if_unassigned(conn, row.id, assignee, assigned_at)
+                    self.outbox.readdress(conn, pending, engineer=assignee)
+                    self.outbox.record_failure(conn, pending, now=now)
+            if assigned is not None:
+                return assigned
+            with reading(self.engine) as conn:
+                return repo.find_incident(conn, row.incident_id)
         except sa.exc.SQLAlchemyError:
-            # The incident and its page are committed; the page goes to the service as it stands.
-            log.warning("could not record the on-call assignee", exc_info=True, extra={"assignee": assignee})
-            return row, pending
+            # The incident and its page are committed; the background retries the page as it stands.
+            log.warning("could not record the on-call assignee or the delivery", exc_info=True,
+                        extra={"assignee": assignee})
+            return row
 
     def _replayed(self, replay: Replay) -> dict[str, Any]:
         with reading(self.engine) as conn:
@@ -186,29 +214,37 @@ class IncidentService:
                 "created_at": now,
                 "updated_at": now,
             }
+            timeline = [events.event(values["id"], "created", at=now, details={
+                "title": values["title"], "service": values["service"], "severity": values["severity"],
+            })]
+            if alert_ids:
+                timeline.append(events.event(values["id"], "alerts_linked", at=now,
+                                             details={"alert_ids": [str(a) for a in alert_ids]}))
+            pending, enqueue = self.outbox.prepare(
+                incident_pk=values["id"], incident_id=values["incident_id"], severity=values["severity"],
+                engineer=values["service"], message=notification_message(**values), now=now,
+                hold=self.oncall_lookup_bound,
+            )
+            writes = (repo.insert_links(values["id"], alert_ids, now), events.insert_events(*timeline), enqueue)
             try:
-                with transaction(self.engine, write=True) as conn:
-                    row = repo.insert_incident(conn, values)
-                    repo.link_alerts(conn, row.id, alert_ids, now)
-                    events.record_event(conn, row.id, "created", at=now, details={
-                        "title": row.title, "service": row.service, "severity": row.severity,
-                    })
-                    if alert_ids:
-                        events.record_event(conn, row.id, "alerts_linked", at=now,
-                                            details={"alert_ids": [str(a) for a in alert_ids]})
-                    pending = self.outbox.enqueue(
-                        conn, incident=row, engineer=row.service, message=notification_message(row), now=now,
-                        hold=self.oncall_lookup_bound,
-                    )
-                    if reservation is not None:
+                if reservation is None:
+                    with single_statement(self.engine) as conn:
+                        (row,) = execute_together(conn, repo.insert_incident(values), *writes)
+                else:
+                    with transaction(self.engine, write=True) as conn:
+                        (row,) = execute_together(conn, repo.insert_incident(values), *writes)
                         self.idempotency.attach(conn, reservation, row.id)
-                    alerts = repo.linked_alerts(conn, [row.id])[row.id] if alert_ids else []
-                return row, pending, alerts
             except sa.exc.IntegrityError:
                 # 64 random bits: a collision is rare, and is met with a new id, never a 500.
                 if attempt == _ID_ATTEMPTS:
                     raise
                 log.warning("incident id collision, retrying", extra={"attempt": attempt})
+                continue
+            alerts = []
+            if alert_ids:
+                with reading(self.engine) as conn:
+                    alerts = repo.new_links(conn, row.id, alert_ids, now)
+            return row, pending, alerts
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ read
@@ -219,22 +255,18 @@ class IncidentService:
         return incident_document(row, [{**alert, "url": f"{base}/{alert['alert_id']}"} for alert in alerts])
 
     @staticmethod
-    def _existing(conn: Connection, incident_id: str, *, for_update: bool = False) -> Row:
-        """The incident, or IncidentNotFound; an id that cannot exist is not even looked up."""
+    def _existing(conn: Connection, incident_id: str, *, for_update: bool = False) -> tuple[Row, list[dict[str, Any]]]:
+        """The incident and its linked alerts in one query, or IncidentNotFound; an id that cannot
+        exist is not even looked up."""
         possible = INCIDENT_ID.fullmatch(incident_id) is not None
-        row = repo.find_incident(conn, incident_id, for_update=for_update) if possible else None
-        if row is None:
-            raise IncidentNotFound(incident_id)
-        return row
-
-    def get_incident(self, incident_id: str) -> dict[str, Any]:
-        if not INCIDENT_ID.fullmatch(incident_id):
-            raise IncidentNotFound(incident_id)
-        with reading(self.engine) as conn:
-            found = repo.find_incident_with_alerts(conn, incident_id)
+        found = repo.find_incident_with_alerts(conn, incident_id, for_update=for_update) if possible else None
         if found is None:
             raise IncidentNotFound(incident_id)
-        return self._document(*found)
+        return found
+
+    def get_incident(self, incident_id: str) -> dict[str, Any]:
+        with reading(self.engine) as conn:
+            return self._document(*self._existing(conn, incident_id))
 
     def list_incidents(self, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any]:
         with reading(self.engine) as conn:
@@ -242,8 +274,11 @@ class IncidentService:
         return {"incidents": [incident_document(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
-        with reading(self.engine) as conn:
-            return analytics_queries.incident_analytics(conn, filters)
+        def compute() -> dict[str, Any]:
+            with reading(self.engine) as conn:
+                return analytics_queries.incident_analytics(conn, filters)
+
+        return self.analytics_cache.answer(filters, compute)
 
     # ------------------------------------------------------------------ update
 
@@ -262,25 +297,26 @@ class IncidentService:
             raise NothingToUpdate()
 
         with transaction(self.engine, write=True) as conn:
-            row = self._existing(conn, incident_id, for_update=True)
+            row, alerts = self._existing(conn, incident_id, for_update=True)
             now = self.clock()
             changes: dict[str, Any] = {}
+            timeline: list[dict[str, Any]] = []
             transition = lifecycle.plan_transition(row.status, status) if status is not None else None
             if transition is not None:
                 changes["status"] = transition.to_status
                 changes["acknowledged_at" if transition.acknowledges else "resolved_at"] = now
-                events.record_event(conn, row.id, transition.to_status, at=now, actor=author,
-                                    details={"from": transition.from_status})
+                timeline.append(events.event(row.id, transition.to_status, at=now, actor=author,
+                                             details={"from": transition.from_status}))
             if assigned_to is not UNSET and assigned_to != row.assigned_to:
                 changes["assigned_to"] = assigned_to
-                events.record_event(conn, row.id, "reassigned", at=now, actor=author,
-                                    details={"from": row.assigned_to, "to": assigned_to})
+                timeline.append(events.event(row.id, "reassigned", at=now, actor=author,
+                                             details={"from": row.assigned_to, "to": assigned_to}))
             if note is not None:
                 changes["notes"] = [*row.notes, lifecycle.note_entry(note, author, now)]
-                events.record_event(conn, row.id, "note_added", at=now, actor=author, details={"text": note})
+                timeline.append(events.event(row.id, "note_added", at=now, actor=author, details={"text": note}))
             if changes:
-                row = repo.update_incident(conn, row.id, {**changes, "updated_at": now})
-            alerts = repo.linked_alerts(conn, [row.id])[row.id]
+                update = repo.update_incident(row.id, {**changes, "updated_at": now})
+                (row,) = execute_together(conn, update, events.insert_events(*timeline))
 
         if transition is not None:
             self.metrics.status_changed(transition, row.severity, (now - row.created_at).total_seconds())
@@ -291,18 +327,18 @@ class IncidentService:
     def link_alerts(self, incident_id: str, alert_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
         """Link more alerts; one already linked is left as it was, so a retry changes nothing."""
         with transaction(self.engine, write=True) as conn:
-            row = self._existing(conn, incident_id, for_update=True)
-            linked = {alert["alert_id"] for alert in repo.linked_alerts(conn, [row.id])[row.id]}
+            row, alerts = self._existing(conn, incident_id, for_update=True)
+            linked = {alert["alert_id"] for alert in alerts}
             new = [alert_id for alert_id in dict.fromkeys(alert_ids) if alert_id not in linked]
             if new:
                 now = self.clock()
                 repo.link_alerts(conn, row.id, new, now)
                 events.record_event(conn, row.id, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in new]})
-                row = repo.update_incident(conn, row.id, {"updated_at": now})
-            alerts = repo.linked_alerts(conn, [row.id])[row.id]
+                row = conn.execute(repo.update_incident(row.id, {"updated_at": now})).one()
+                alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return self._document(row, alerts)
 
     def timeline(self, incident_id: str) -> dict[str, Any]:
         with reading(self.engine) as conn:
-            row = self._existing(conn, incident_id)
+            row, _ = self._existing(conn, incident_id)
             return {"incident_id": incident_id, "events": events.list_events(conn, row.id)}

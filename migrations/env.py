@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from incident_app.db import create_engine
+from incident_app.db import TRANSACTION_ISOLATION, create_engine
 from incident_app.migrate import VERSION_TABLE_SCHEMA
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, metadata
@@ -28,6 +28,9 @@ def run_migrations() -> None:
     postgres = engine.dialect.name == "postgresql"
     try:
         with engine.connect() as connection:
+            if postgres:
+                # The request engine autocommits; the upgrade must be one transaction, which its lock lasts.
+                connection.execution_options(isolation_level=TRANSACTION_ISOLATION)
             context.configure(
                 connection=connection,
                 target_metadata=metadata,

@@ -13,6 +13,31 @@ from sqlalchemy.engine import Connection
 from incident_app.tables import incident_events
 
 
+def event(
+    incident_pk: uuid.UUID,
+    event_type: str,
+    *,
+    at: datetime,
+    actor: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One timeline row, to be written by `insert_events`."""
+    return {"incident_id": incident_pk, "type": event_type, "actor": actor, "details": dict(details or {}),
+            "created_at": at}
+
+
+def insert_events(*events: Mapping[str, Any]) -> sa.Insert | None:
+    """One INSERT of the given events, in order (their serial ids follow it); None when there are none."""
+    return incident_events.insert().values(list(events)) if events else None
+
+
+def insert_events_from(source: sa.CTE, event: Mapping[str, Any]) -> sa.Insert:
+    """One INSERT of `event` per row of `source` (a data-modifying CTE): none when it changed nothing."""
+    columns = list(event)
+    values = (sa.literal(event[name], incident_events.c[name].type) for name in columns)
+    return incident_events.insert().from_select(columns, sa.select(*values).select_from(source))
+
+
 def record_event(
     conn: Connection,
     incident_pk: uuid.UUID,
@@ -22,11 +47,7 @@ def record_event(
     actor: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        incident_events.insert().values(
-            incident_id=incident_pk, type=event_type, actor=actor, details=dict(details or {}), created_at=at
-        )
-    )
+    conn.execute(insert_events(event(incident_pk, event_type, at=at, actor=actor, details=details)))
 
 
 def list_events(conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,7 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.tables import UTCDateTime, incident_alerts, incidents
+from incident_app.db import autocommitting, execute_together
+from incident_app.repository import events
+from incident_app.tables import UTCDateTime, incident_alerts, incident_counts, incidents
 
 T = TypeVar("T")
 
@@ -25,36 +28,58 @@ class ListFilters:
     severity: str | None = None
     service: str | None = None
 
-    def clauses(self) -> list[sa.ColumnElement[bool]]:
-        return [incidents.c[name] == value for name, value in vars(self).items() if value is not None]
+    def clauses(self, table: sa.Table = incidents) -> list[sa.ColumnElement[bool]]:
+        """Equality on each given field, on `incidents` or on a table with the same columns (incident_counts)."""
+        return [table.c[name] == value for name, value in vars(self).items() if value is not None]
 
 
-def insert_incident(conn: Connection, values: Mapping[str, Any]) -> Row:
-    return conn.execute(incidents.insert().values(**values).returning(*incidents.c)).one()
+def insert_incident(values: Mapping[str, Any]) -> sa.Insert:
+    """The INSERT of a new incident, returning the stored row."""
+    return incidents.insert().values(**values).returning(*incidents.c)
 
 
-def find_incident(conn: Connection, incident_id: str, *, for_update: bool = False) -> Row | None:
-    query = sa.select(*incidents.c).where(incidents.c.incident_id == incident_id)
-    if for_update:
-        # PostgreSQL locks the row; on SQLite the write transaction already holds the lock.
-        query = query.with_for_update()
-    return conn.execute(query).one_or_none()
+def insert_links(incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> sa.Insert | None:
+    """The INSERT linking a new incident's (distinct) alerts; None when there are none."""
+    if not alert_ids:
+        return None
+    return incident_alerts.insert().values(
+        [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
+    )
 
 
-def update_incident(conn: Connection, pk: uuid.UUID, values: Mapping[str, Any]) -> Row:
-    statement = incidents.update().where(incidents.c.id == pk).values(**values).returning(*incidents.c)
-    return conn.execute(statement).one()
+def find_incident(conn: Connection, incident_id: str) -> Row | None:
+    return conn.execute(sa.select(*incidents.c).where(incidents.c.incident_id == incident_id)).one_or_none()
 
 
-def assign_if_unassigned(conn: Connection, pk: uuid.UUID, assignee: str, now: datetime) -> Row | None:
-    """Set the assignee unless someone set one meanwhile; None when someone did."""
-    statement = (
+def update_incident(pk: uuid.UUID, values: Mapping[str, Any]) -> sa.Update:
+    """The UPDATE of one incident, returning the changed row."""
+    return incidents.update().where(incidents.c.id == pk).values(**values).returning(*incidents.c)
+
+
+def assign_if_unassigned(
+    conn: Connection, pk: uuid.UUID, assignee: str, now: datetime, *, together: Sequence[sa.UpdateBase | None] = ()
+) -> Row | None:
+    """Set the assignee, with its `assigned` event, unless someone set one meanwhile (None then).
+
+    `together` are further independent writes made in the same statement (db.execute_together).
+    """
+    assigned = (
         incidents.update()
         .where(incidents.c.id == pk, incidents.c.assigned_to.is_(None))
         .values(assigned_to=assignee, updated_at=now)
         .returning(*incidents.c)
     )
-    return conn.execute(statement).one_or_none()
+    event = events.event(pk, "assigned", at=now, details={"assigned_to": assignee})
+    if conn.dialect.name == "postgresql":
+        # One statement: the event is written from the UPDATE's RETURNING, so only when it assigned.
+        changed = assigned.cte("assigned")
+        rows = execute_together(conn, sa.select(*changed.c), events.insert_events_from(changed, event), *together)
+    else:
+        rows = conn.execute(assigned).all()
+        for statement in (events.insert_events(event) if rows else None, *together):
+            if statement is not None:
+                conn.execute(statement)
+    return rows[0] if rows else None
 
 
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
@@ -69,7 +94,10 @@ def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset
     if offset == 0 and len(page) < limit:
         total = len(page)  # the whole result is on this page: no need to count it
     else:
-        total = conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*where)).scalar_one()
+        # The triggers' counts, not a count(*): a few rows to sum instead of up to every matching incident.
+        counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0))
+        # int(): PostgreSQL's sum of a bigint is a numeric, which psycopg2 returns as a Decimal.
+        total = int(conn.execute(counted.where(*filters.clauses(incident_counts))).scalar_one())
     return page, total
 
 
@@ -141,17 +169,24 @@ def linked_alerts(conn: Connection, incident_pks: Sequence[uuid.UUID]) -> dict[u
     return _enriched_if_possible(conn, query)
 
 
-def find_incident_with_alerts(conn: Connection, incident_id: str) -> tuple[Row, list[dict[str, Any]]] | None:
-    """An incident and its linked alerts in one statement: the hot read path, one round trip."""
+def new_links(
+    conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime
+) -> list[dict[str, Any]]:
+    """The links `insert_links` just made, as `linked_alerts` would read them (same time, so by
+    alert id); read back only when the platform's alerts table can add the alerts' own fields."""
+    if _platform_alerts_present(conn):
+        return linked_alerts(conn, [incident_pk])[incident_pk]
+    return [{"alert_id": alert_id, "linked_at": now} for alert_id in sorted(alert_ids)]
+
+
+def find_incident_with_alerts(
+    conn: Connection, incident_id: str, *, for_update: bool = False
+) -> tuple[Row, list[dict[str, Any]]] | None:
+    """An incident and its linked alerts in one statement: the hot read path, one round trip.
+    `for_update` locks the incident's row (PostgreSQL; SQLite's write transaction holds the lock)."""
 
     def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
-        columns, source = _alert_selection(enrich)
-        rows = conn.execute(
-            sa.select(*incidents.c, *columns)
-            .select_from(incidents.outerjoin(source, incident_alerts.c.incident_id == incidents.c.id))
-            .where(incidents.c.incident_id == incident_id)
-            .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-        ).all()
+        rows = conn.execute(_incident_with_alerts(enrich, for_update), {"incident_id": incident_id}).all()
         if not rows:
             return None
         alerts = [_alert_entry(row._mapping) for row in rows if row._mapping["linked_alert_id"] is not None]
@@ -160,10 +195,23 @@ def find_incident_with_alerts(conn: Connection, incident_id: str) -> tuple[Row, 
     return _enriched_if_possible(conn, query)
 
 
+@functools.cache
+def _incident_with_alerts(enrich: bool, for_update: bool) -> sa.Select:
+    # Built once: a statement object reused is compiled and cache-keyed once, not per request.
+    columns, source = _alert_selection(enrich)
+    query = (
+        sa.select(*incidents.c, *columns)
+        .select_from(incidents.outerjoin(source, incident_alerts.c.incident_id == incidents.c.id))
+        .where(incidents.c.incident_id == sa.bindparam("incident_id"))
+        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+    )
+    return query.with_for_update(of=incidents) if for_update else query
+
+
 def _enriched_if_possible(conn: Connection, query: Callable[[bool], T]) -> T:
     """Run `query` with the platform's alert fields when its table is there, else without."""
     if _platform_alerts_present(conn):
-        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        autocommit = autocommitting(conn)
         try:
             # In a transaction, a savepoint, so that a failed join leaves it usable.
             with contextlib.nullcontext() if autocommit else conn.begin_nested():

@@ -17,14 +17,12 @@ PENDING, SENT, EXPIRED = "pending", "sent", "expired"
 
 
 def enqueue(
-    conn: Connection, *, notification_id: uuid.UUID, incident_pk: uuid.UUID, payload: Mapping[str, Any],
-    now: datetime, first_attempt_at: datetime,
-) -> None:
-    conn.execute(
-        notification_outbox.insert().values(
-            id=notification_id, incident_id=incident_pk, payload=dict(payload), state=PENDING, attempts=0,
-            created_at=now, next_attempt_at=first_attempt_at,
-        )
+    *, notification_id: uuid.UUID, incident_pk: uuid.UUID, payload: Mapping[str, Any], now: datetime,
+    first_attempt_at: datetime,
+) -> sa.Insert:
+    return notification_outbox.insert().values(
+        id=notification_id, incident_id=incident_pk, payload=dict(payload), state=PENDING, attempts=0,
+        created_at=now, next_attempt_at=first_attempt_at,
     )
 
 
@@ -61,15 +59,20 @@ def find_pending(conn: Connection, notification_id: uuid.UUID) -> Row | None:
     ).one_or_none()
 
 
-def mark_sent(conn: Connection, notification_id: uuid.UUID, *, attempts: int, now: datetime) -> Row | None:
-    """Record a delivery in one statement; None when the row was no longer pending."""
+def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, payload: Mapping[str, Any] | None = None
+              ) -> sa.Update:
+    """Record a delivery (of `payload`, when it was readdressed before it went out), unless the row
+    is no longer pending; returns the row's id, incident and payload."""
     o = notification_outbox.c
-    return conn.execute(
+    values: dict[str, Any] = {"state": SENT, "attempts": attempts, "finished_at": now}
+    if payload is not None:
+        values["payload"] = dict(payload)
+    return (
         notification_outbox.update()
         .where(o.id == notification_id, o.state == PENDING)
-        .values(state=SENT, attempts=attempts, finished_at=now)
+        .values(**values)
         .returning(o.id, o.incident_id, o.payload)
-    ).one_or_none()
+    )
 
 
 def finish(conn: Connection, notification_id: uuid.UUID, *, state: str, attempts: int, now: datetime) -> bool:
