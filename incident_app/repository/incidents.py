@@ -83,22 +83,24 @@ def assign_if_unassigned(
 
 
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
-    where = filters.clauses()
+    """A page, newest first, and the number of incidents matching the filters, in one statement (one
+    snapshot). The total is the triggers' counts, not a count(*): a few rows to sum instead of up to
+    every matching incident."""
+    counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(
+        *filters.clauses(incident_counts)
+    )
     page = conn.execute(
-        sa.select(*incidents.c)
-        .where(*where)
+        sa.select(*incidents.c, counted.scalar_subquery().label("total"))
+        .where(*filters.clauses())
         .order_by(incidents.c.created_at.desc(), incidents.c.incident_id.desc())
         .limit(limit)
         .offset(offset)
     ).all()
-    if offset == 0 and len(page) < limit:
-        total = len(page)  # the whole result is on this page: no need to count it
-    else:
-        # The triggers' counts, not a count(*): a few rows to sum instead of up to every matching incident.
-        counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0))
-        # int(): PostgreSQL's sum of a bigint is a numeric, which psycopg2 returns as a Decimal.
-        total = int(conn.execute(counted.where(*filters.clauses(incident_counts))).scalar_one())
-    return page, total
+    total = page[0].total if page else 0
+    if not page and offset:  # a page past the end carries no total: ask for it alone
+        total = conn.execute(counted).scalar_one()
+    # int(): PostgreSQL's sum of a bigint is a numeric, which psycopg2 returns as a Decimal.
+    return page, int(total)
 
 
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
