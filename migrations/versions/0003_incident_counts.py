@@ -35,20 +35,28 @@ def _enum(values: tuple[str, ...], name: str) -> sa.types.TypeEngine:
     return sa.Enum(*values, name=name, schema=SCHEMA).with_variant(existing, "postgresql")
 
 
+# Each key's count is spread over SHARDS rows, by a byte of the incident's random id: concurrent
+# creates of one service and severity (an incident storm) then wait on one row in SHARDS, not all
+# on the same one, while a list's total still sums a handful of rows.
+SHARDS = 8
+_SHARD = f"get_byte(uuid_send(id), 15) % {SHARDS}"
+
+
 def _upsert_deltas(source: str) -> str:
-    """PostgreSQL: add the summed deltas of `source` (rows of service, severity, status, delta)."""
+    """PostgreSQL: add the summed deltas of `source` (rows of service, severity, status, shard, delta)."""
     return f"""
-        INSERT INTO {SCHEMA}.incident_counts (service, severity, status, count)
-        SELECT service, severity, status, sum(delta) FROM ({source}) AS deltas
-        GROUP BY 1, 2, 3
+        INSERT INTO {SCHEMA}.incident_counts (service, severity, status, shard, count)
+        SELECT service, severity, status, shard, sum(delta) FROM ({source}) AS deltas
+        GROUP BY 1, 2, 3, 4
         HAVING sum(delta) <> 0
         -- Each statement locks counter rows in one order, so concurrent transitions cannot deadlock.
-        ORDER BY 1, 2, 3
-        ON CONFLICT (service, severity, status) DO UPDATE SET count = incident_counts.count + EXCLUDED.count;"""
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT (service, severity, status, shard)
+        DO UPDATE SET count = incident_counts.count + EXCLUDED.count;"""
 
 
-_NEW_ROWS = "SELECT service, severity, status, 1 AS delta FROM new_rows"
-_OLD_ROWS = "SELECT service, severity, status, -1 AS delta FROM old_rows"
+_NEW_ROWS = f"SELECT service, severity, status, {_SHARD} AS shard, 1 AS delta FROM new_rows"
+_OLD_ROWS = f"SELECT service, severity, status, {_SHARD} AS shard, -1 AS delta FROM old_rows"
 
 # One function for every event: each branch only reads the transition tables its trigger declares.
 _FUNCTION_SQL = f"""
@@ -80,13 +88,13 @@ _POSTGRESQL_TRIGGERS = {
 
 def _sqlite_upsert(row: str, delta: int) -> str:
     return (
-        "INSERT INTO incident_counts (service, severity, status, count)"
-        f" VALUES ({row}.service, {row}.severity, {row}.status, {delta})"
-        " ON CONFLICT (service, severity, status) DO UPDATE SET count = count + excluded.count;"
+        "INSERT INTO incident_counts (service, severity, status, shard, count)"
+        f" VALUES ({row}.service, {row}.severity, {row}.status, 0, {delta})"
+        " ON CONFLICT (service, severity, status, shard) DO UPDATE SET count = count + excluded.count;"
     )
 
 
-# SQLite has only row-level triggers; its single writer makes their order moot.
+# SQLite has only row-level triggers; its single writer makes their order moot, and shards too.
 _SQLITE_TRIGGERS = {
     "INSERT": f"AFTER INSERT ON incidents BEGIN {_sqlite_upsert('NEW', 1)} END",
     "UPDATE": (
@@ -109,8 +117,9 @@ def upgrade() -> None:
         sa.Column("service", sa.String(255), nullable=False),
         sa.Column("severity", _enum(SEVERITIES, "severity_level"), nullable=False),
         sa.Column("status", _enum(STATUSES, "incident_status"), nullable=False),
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("service", "severity", "status", name="pk_incident_counts"),
+        sa.PrimaryKeyConstraint("service", "severity", "status", "shard", name="pk_incident_counts"),
         schema=SCHEMA,
     )
 
@@ -127,9 +136,10 @@ def upgrade() -> None:
             op.execute(f"CREATE TRIGGER {TRIGGERS[event]} {body}")
         prefix = ""
 
+    shard = _SHARD if postgres else "0"
     op.execute(
-        f"INSERT INTO {prefix}incident_counts (service, severity, status, count)"
-        f" SELECT service, severity, status, count(*) FROM {prefix}incidents GROUP BY 1, 2, 3"
+        f"INSERT INTO {prefix}incident_counts (service, severity, status, shard, count)"
+        f" SELECT service, severity, status, {shard}, count(*) FROM {prefix}incidents GROUP BY 1, 2, 3, 4"
     )
 
 
