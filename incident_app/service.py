@@ -225,7 +225,8 @@ class IncidentService:
                 engineer=values["service"], message=notification_message(**values), now=now,
                 hold=self.oncall_lookup_bound,
             )
-            writes = (repo.insert_links(values["id"], alert_ids, now), events.insert_events(*timeline), enqueue)
+            timeline_insert = events.insert_events(*timeline, dialect=self.engine.dialect.name)
+            writes = (repo.insert_links(values["id"], alert_ids, now), timeline_insert, enqueue)
             try:
                 if reservation is None:
                     with single_statement(self.engine) as conn:
@@ -316,7 +317,7 @@ class IncidentService:
                 timeline.append(events.event(row.id, "note_added", at=now, actor=author, details={"text": note}))
             if changes:
                 update = repo.update_incident(row.id, {**changes, "updated_at": now})
-                (row,) = execute_together(conn, update, events.insert_events(*timeline))
+                (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name))
 
         if transition is not None:
             self.metrics.status_changed(transition, row.severity, (now - row.created_at).total_seconds())

@@ -26,9 +26,25 @@ def event(
             "created_at": at}
 
 
-def insert_events(*events: Mapping[str, Any]) -> sa.Insert | None:
-    """One INSERT of the given events, in order (their serial ids follow it); None when there are none."""
-    return incident_events.insert().values(list(events)) if events else None
+def insert_events(*events: Mapping[str, Any], dialect: str = "") -> sa.Insert | None:
+    """One INSERT of the given events, in order (their serial ids follow it); None when there are none.
+
+    SQLAlchemy caches no multi-row VALUES, and compiling one per request was a third of a create's
+    time: on PostgreSQL several events are a UNION ALL of typed one-row SELECTs, which it caches.
+    """
+    if not events:
+        return None
+    if len(events) == 1:
+        return incident_events.insert().values(**events[0])
+    if dialect != "postgresql":
+        return incident_events.insert().values(list(events))
+    columns = list(events[0])
+    rows = [
+        sa.select(*(sa.cast(sa.literal(e[name], incident_events.c[name].type), incident_events.c[name].type)
+                    for name in columns))
+        for e in events
+    ]
+    return incident_events.insert().from_select(columns, sa.union_all(*rows))
 
 
 def insert_events_from(source: sa.CTE, event: Mapping[str, Any]) -> sa.Insert:

@@ -40,11 +40,10 @@ def insert_incident(values: Mapping[str, Any]) -> sa.Insert:
 
 def insert_links(incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> sa.Insert | None:
     """The INSERT linking a new incident's (distinct) alerts; None when there are none."""
-    if not alert_ids:
-        return None
-    return incident_alerts.insert().values(
-        [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
-    )
+    links = [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
+    if len(links) == 1:  # the usual case, in a form SQLAlchemy caches (it caches no multi-row VALUES)
+        return incident_alerts.insert().values(**links[0])
+    return incident_alerts.insert().values(links) if links else None
 
 
 def find_incident(conn: Connection, incident_id: str) -> Row | None:

@@ -1,0 +1,113 @@
+"""What the hot paths send to PostgreSQL. Each statement is a round trip, and round trips are most of
+what a request costs (README, Performance): a change that adds one to a hot path shows up here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+pytestmark = postgresql_only
+
+NEW = {"title": "Checkout errors", "service": "payments", "severity": "high"}
+
+
+@pytest.fixture
+def sent(app) -> Iterator[list[tuple[str, bool]]]:
+    """(first keyword of each statement, whether it committed by itself), as the app sends them.
+
+    psycopg2 sends BEGIN and COMMIT itself around the statements of a transaction (autocommit off).
+    """
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn, _cursor, statement, *_args) -> None:
+        seen.append((statement.split(None, 1)[0].upper(), conn.connection.dbapi_connection.autocommit))
+
+    engine = app.extensions["engine"]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_create_is_two_statements_each_committing_by_itself(client, sent, oncall, notifier):
+    body = {**NEW, "alert_ids": ["5b1c0a52-8f6e-4c61-9d2a-0c8f7e3b2a10"]}
+    client.post("/api/v1/incidents", json=body)  # looks the platform's alerts table up (once a minute)
+    sent.clear()
+    created = client.post("/api/v1/incidents", json=body)
+    assert created.status_code == 201
+    assert created.json["assigned_to"] == "alice@example.com"
+    # The incident with its link, timeline and notification; then assignment and delivery together.
+    assert sent == [("WITH", True), ("WITH", True)]
+    events = [e["type"] for e in client.get(f"/api/v1/incidents/{created.json['incident_id']}/events").json["events"]]
+    assert events == ["created", "alerts_linked", "assigned", "notified"]
+
+
+def test_create_without_anyone_on_call_is_two_statements(client, sent, oncall, notifier):
+    oncall.respond(404, {"code": 404, "status": "Not Found", "message": "no schedule"})
+    created = client.post("/api/v1/incidents", json=NEW)
+    assert (created.status_code, created.json["assigned_to"]) == (201, None)
+    assert sent == [("WITH", True), ("WITH", True)]
+
+
+def test_hot_paths_are_compiled_once_and_then_taken_from_sqlalchemys_cache(app, client, oncall, notifier):
+    """A statement SQLAlchemy cannot cache (a multi-row VALUES, say) is compiled on every request:
+    that was a third of a create's time."""
+    hits: list[str] = []
+
+    def record(_conn, _cursor, _statement, _parameters, context, _executemany) -> None:
+        hits.append(str(context.cache_hit).rsplit(".", 1)[-1])
+
+    def exercise() -> None:
+        body = {**NEW, "alert_ids": ["5b1c0a52-8f6e-4c61-9d2a-0c8f7e3b2a10"]}
+        incident_id = client.post("/api/v1/incidents", json=body).json["incident_id"]
+        client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged", "note": "on it"})
+        client.patch(f"/api/v1/incidents/{incident_id}", json={"note": "rolled back"})
+        client.get(f"/api/v1/incidents/{incident_id}")
+        client.get("/api/v1/incidents?status=acknowledged")
+
+    exercise()  # compiles each statement once
+    engine = app.extensions["engine"]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        exercise()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert hits and set(hits) == {"CACHE_HIT"}
+
+
+def test_get_one_is_one_statement_outside_any_transaction(client, sent):
+    incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
+    sent.clear()
+    assert client.get(f"/api/v1/incidents/{incident_id}").status_code == 200
+    assert sent == [("SELECT", True)]
+
+
+@pytest.mark.parametrize("query", ["", "?status=open", "?severity=high&service=payments&offset=1"])
+def test_list_page_and_total_are_one_statement(client, sent, query):
+    for _ in range(3):
+        client.post("/api/v1/incidents", json=NEW)
+    sent.clear()
+    page = client.get(f"/api/v1/incidents{query}")
+    assert page.status_code == 200
+    assert sent == [("SELECT", True)]
+
+
+def test_acknowledge_locks_and_reads_then_writes_row_and_event_in_one_statement(client, sent):
+    incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
+    sent.clear()
+    acknowledged = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    assert acknowledged.json["status"] == "acknowledged"
+    # In one transaction (BEGIN and COMMIT by psycopg2): the row locked with its alerts, then the
+    # UPDATE with its timeline event as a CTE.
+    assert sent == [("SELECT", False), ("WITH", False)]
+
+
+def test_same_status_again_writes_nothing(client, sent):
+    incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
+    client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    sent.clear()
+    again = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    assert again.status_code == 200
+    assert sent == [("SELECT", False)]
