@@ -1,5 +1,5 @@
 """Analytics answers shared within one process: one computation per filter set at a time, and a costly
-answer reused for a short while (each gunicorn worker has its own)."""
+answer reused for a short while, then refreshed in the background (each gunicorn worker has its own)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,19 @@ class _Computation:
         return self.answer
 
 
-class AnalyticsCache:
-    """Single flight per filter set, and reuse of a slow answer for at most `max_age` seconds.
+def _in_background(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, name="analytics-refresh", daemon=True).start()
 
-    Answers are shared between requests: callers must not mutate them. `threading` primitives are
-    cooperative under gevent (gunicorn's workers monkey-patch them) and real in plain threads.
+
+class AnalyticsCache:
+    """Single flight per filter set, and reuse of a slow answer: fresh for `max_age` seconds, then
+    still served while one background computation makes its successor.
+
+    Waiting for a costly recomputation at every expiry held every request of the worker for its
+    length (seconds at a million rows under load, some past a client's timeout); now only the
+    first computation of a filter set is waited for. Answers are shared between requests: callers
+    must not mutate them. `threading` primitives are cooperative under gevent (gunicorn's workers
+    monkey-patch them) and real in plain threads.
     """
 
     def __init__(
@@ -53,41 +61,47 @@ class AnalyticsCache:
         slow_after: float = SLOW_AFTER_SECONDS,
         max_entries: int = MAX_FILTER_SETS,
         clock: Callable[[], float] = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] = _in_background,
     ) -> None:
         self.max_age = max_age
         self.slow_after = slow_after
         self.max_entries = max_entries
         self.clock = clock
+        self.spawn = spawn
         self._lock = threading.Lock()
         self._computations: OrderedDict[Hashable, _Computation] = OrderedDict()
+        self._refreshing: set[Hashable] = set()
 
     def answer(self, filters: Hashable, compute: Callable[[], T]) -> T:
-        """The answer for `filters`: a reusable one, the one being computed, or a new computation."""
+        """The answer for `filters`: a reusable one (refreshed in the background once it is
+        `max_age` old), the one being computed, or a new computation."""
+        refresh = False
         with self._lock:
             now = self.clock()
             current = self._computations.get(filters)
-            joining = current is not None and (not current.done.is_set() or self._fresh(current, now))
-            if joining:
-                self._computations.move_to_end(filters)
-            else:
+            computing = current is None or (current.done.is_set() and not current.reusable)
+            if computing:
                 current = self._computations[filters] = _Computation(started=now)
-                self._computations.move_to_end(filters)
                 while len(self._computations) > self.max_entries:
                     # Requests already waiting on an evicted computation still get its answer.
                     self._computations.popitem(last=False)
-        if joining:
-            current.done.wait()
-            return current.outcome()
-        return self._compute(filters, current, compute)
+            elif current.done.is_set() and now - current.started >= self.max_age and filters not in self._refreshing:
+                refresh = True
+                self._refreshing.add(filters)
+            self._computations.move_to_end(filters)
+        if computing:
+            self._run(filters, current, compute)
+        elif refresh:
+            self.spawn(lambda: self._refresh(filters, current, compute))
+        current.done.wait()
+        return current.outcome()
 
-    def _compute(self, filters: Hashable, computation: _Computation, compute: Callable[[], T]) -> T:
+    def _run(self, filters: Hashable, computation: _Computation, compute: Callable[[], Any]) -> None:
         try:
             computation.answer = compute()
-            return computation.answer
         except BaseException as exc:
             # Anything, even a greenlet kill, must reach the waiters, or they would wait forever.
             computation.error, computation.traceback = exc, exc.__traceback__
-            raise
         finally:
             cost = self.clock() - computation.started
             with self._lock:
@@ -96,6 +110,17 @@ class AnalyticsCache:
                     del self._computations[filters]
             computation.done.set()
 
-    def _fresh(self, computation: _Computation, now: float) -> bool:
-        # Age counts from the start of the computation: no reused answer is older than max_age.
-        return computation.reusable and now - computation.started < self.max_age
+    def _refresh(self, filters: Hashable, stale: _Computation, compute: Callable[[], Any]) -> None:
+        """Compute the successor of a stale answer, which is served meanwhile; it replaces the stale
+        one when reusable, and otherwise (an error, or cheap again) the next request computes afresh."""
+        successor = _Computation(started=self.clock())
+        try:
+            self._run(filters, successor, compute)
+        finally:
+            with self._lock:
+                self._refreshing.discard(filters)
+                if self._computations.get(filters) is stale:
+                    if successor.reusable:
+                        self._computations[filters] = successor
+                    else:
+                        del self._computations[filters]

@@ -1,5 +1,6 @@
 """Analytics answers shared per process: one computation per filter set at a time, a slow answer
-reused until it is ANALYTICS_CACHE_SECONDS old, a cheap one never, and at most 64 filter sets kept."""
+fresh until it is ANALYTICS_CACHE_SECONDS old and then served while one background refresh makes its
+successor, a cheap one never reused, and at most 64 filter sets kept."""
 
 from __future__ import annotations
 
@@ -62,15 +63,59 @@ def clock() -> FakeClock:
 # --------------------------------------------------------------------------- reuse
 
 
-def test_slow_answer_is_reused_until_it_is_max_age_old(clock):
-    cache = AnalyticsCache(max_age=30, clock=clock)
+def run_now(work: Callable[[], None]) -> None:
+    work()
+
+
+def test_slow_answer_is_fresh_for_max_age_then_served_while_one_refresh_makes_its_successor(clock):
+    cache = AnalyticsCache(max_age=30, clock=clock, spawn=run_now)
     compute = Computation(clock, cost=1.5)
     assert cache.answer(ALL, compute) == {"run": 1}
     clock.advance(28.25)  # 29.75 s after the computation began
     assert cache.answer(ALL, compute) == {"run": 1}
-    clock.advance(0.25)  # age counts from the start, so nothing handed out is older than max_age
-    assert cache.answer(ALL, compute) == {"run": 2}
+    assert compute.runs == 1
+    clock.advance(0.25)  # age counts from the start of the computation
+    assert cache.answer(ALL, compute) == {"run": 1}  # the stale answer, while its successor is computed
     assert compute.runs == 2
+    assert cache.answer(ALL, compute) == {"run": 2}
+
+
+def test_a_stale_answer_starts_one_refresh_however_many_ask(clock):
+    spawned: list[Callable[[], None]] = []
+    cache = AnalyticsCache(max_age=30, clock=clock, spawn=spawned.append)
+    compute = Computation(clock, cost=1)
+    cache.answer(ALL, compute)
+    clock.advance(31)
+    assert [cache.answer(ALL, compute) for _ in range(5)] == [{"run": 1}] * 5
+    assert len(spawned) == 1 and compute.runs == 1
+    spawned.pop()()
+    assert cache.answer(ALL, compute) == {"run": 2}
+    assert not spawned
+
+
+@pytest.mark.parametrize("outcome", ["error", "cheap"])
+def test_a_refresh_that_fails_or_turns_cheap_leaves_the_next_request_to_compute_afresh(clock, outcome):
+    cache = AnalyticsCache(max_age=30, clock=clock, spawn=run_now)
+    runs = []
+
+    def compute() -> dict:
+        runs.append(1)
+        if len(runs) == 1:
+            clock.advance(1)  # slow: reused
+        elif outcome == "error":
+            raise RuntimeError("database went away")
+        return {"run": len(runs)}
+
+    cache.answer(ALL, compute)
+    clock.advance(31)
+    assert cache.answer(ALL, compute) == {"run": 1}  # stale, while the refresh fails or comes back cheap
+    assert len(runs) == 2
+    if outcome == "error":
+        with pytest.raises(RuntimeError):  # computed afresh by this request, so the error reaches it
+            cache.answer(ALL, compute)
+    else:
+        assert cache.answer(ALL, compute) == {"run": 3}
+    assert len(runs) == 3
 
 
 @pytest.mark.parametrize(
