@@ -205,7 +205,6 @@ def warm_pool(engine: Engine, connections: int) -> None:
             conn.close()
 
 
-
 def execute_together(conn: Connection, first: sa.Executable, *others: sa.UpdateBase | None) -> list[sa.Row]:
     """Run `first` and the writes `others`, returning the rows of `first`.
 
