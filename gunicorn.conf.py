@@ -5,6 +5,7 @@ makes psycopg2 cooperative before the application (and its connection pool) is c
 """
 
 # Patch before anything imports ssl or socket: the gevent worker would patch too late otherwise.
+import gevent
 from gevent import monkey
 
 monkey.patch_all()
@@ -106,6 +107,15 @@ def post_worker_init(worker):
         worker.log.warning("the WSGI app is not the incident service: no background work started")
     elif extensions["settings"].background_work:
         background.start()
+
+
+def post_request(worker, req, environ, resp):
+    # Yield once after every response. A request that does no I/O but its socket (a reused
+    # analytics answer, /health/live) otherwise lets the hub serve some keep-alive connections
+    # again and again while others starve: with both workers saturated, /health/live measured
+    # p50 1.7 ms but p75 121 ms and p99 0.9 s, and cached analytics drew client timeouts (10 s).
+    # With the yield: p75 18 ms, p99 0.4 s, throughput within 10%.
+    gevent.sleep(0)
 
 
 def worker_exit(server, worker):
