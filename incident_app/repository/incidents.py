@@ -40,10 +40,14 @@ def insert_incident(values: Mapping[str, Any]) -> sa.Insert:
 
 def insert_links(incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> sa.Insert | None:
     """The INSERT linking a new incident's (distinct) alerts; None when there are none."""
-    links = [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
+    links = _links(incident_pk, alert_ids, now)
     if len(links) == 1:  # the usual case, in a form SQLAlchemy caches (it caches no multi-row VALUES)
         return incident_alerts.insert().values(**links[0])
     return incident_alerts.insert().values(links) if links else None
+
+
+def _links(incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
+    return [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
 
 
 def find_incident(conn: Connection, incident_id: str) -> Row | None:
@@ -104,7 +108,7 @@ def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset
 
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
-    rows = [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
+    rows = _links(incident_pk, alert_ids, now)
     if not rows:
         return 0
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert

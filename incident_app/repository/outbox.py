@@ -59,19 +59,14 @@ def find_pending(conn: Connection, notification_id: uuid.UUID) -> Row | None:
     ).one_or_none()
 
 
-def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, payload: Mapping[str, Any] | None = None
-              ) -> sa.Update:
-    """Record a delivery (of `payload`, when it was readdressed before it went out), unless the row
-    is no longer pending; returns the row's id, incident and payload."""
+def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, payload: Mapping[str, Any]) -> sa.Update:
+    """Record a delivery of `payload` (readdressed, perhaps, before it went out), unless the row is
+    no longer pending."""
     o = notification_outbox.c
-    values: dict[str, Any] = {"state": SENT, "attempts": attempts, "finished_at": now}
-    if payload is not None:
-        values["payload"] = dict(payload)
     return (
         notification_outbox.update()
         .where(o.id == notification_id, o.state == PENDING)
-        .values(**values)
-        .returning(o.id, o.incident_id, o.payload)
+        .values(state=SENT, attempts=attempts, finished_at=now, payload=dict(payload))
     )
 
 
