@@ -1,8 +1,8 @@
 """The ceiling: the least an endpoint of this stack can do, to measure the service against.
 
 Same Flask, same SQLAlchemy Core engine (pool, timeouts, pre-ping from incident_app.db), same
-gunicorn configuration and gevent workers; each request does only the bare database work and
-answers the row as JSON:
+gunicorn configuration and gevent workers; each request does only the bare database work, one
+statement that commits by itself (one round trip, no BEGIN or COMMIT), and answers the row as JSON:
 
 - POST /ceiling/incidents: one `INSERT … RETURNING` of an open incident;
 - GET /ceiling/incidents/<incident_id>: one `SELECT` by the unique key the API is addressed by.
@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from incident_app.db import create_engine, transaction, warm_pool
+from incident_app.db import create_engine, reading, single_statement, warm_pool
 from incident_app.settings import Settings
 from incident_app.tables import incidents
 
@@ -50,14 +50,14 @@ def insert_incident():
         "created_at": now,
         "updated_at": now,
     }
-    with transaction(engine, write=True) as conn:
+    with single_statement(engine) as conn:
         row = conn.execute(incidents.insert().values(**values).returning(*incidents.c)).one()
     return _document(row), 201
 
 
 @app.get("/ceiling/incidents/<incident_id>")
 def select_incident(incident_id: str):
-    with transaction(engine) as conn:
+    with reading(engine) as conn:
         row = conn.execute(sa.select(*incidents.c).where(incidents.c.incident_id == incident_id)).one_or_none()
     if row is None:
         return {"code": 404, "status": "Not Found", "message": "no such incident"}, 404

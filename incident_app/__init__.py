@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # an app built by a test or a CLI command must not start timers behind its back.
         background=BackgroundWork(
             outbox=outbox, escalator=escalator, idempotency=idempotency,
-            escalation_every=settings.escalation_check_seconds,
+            escalation_every=settings.escalation_check_seconds, engine=engine,
         ),
     )
     _register_cli(app, settings)

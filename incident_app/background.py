@@ -1,4 +1,5 @@
-"""Background work inside the service: outbox retries, escalation checks, expiry of idempotency keys.
+"""Background work inside the service: outbox retries, escalation checks, expiry of idempotency keys,
+folding the count shards.
 
 One loop per process (a greenlet in a gevent worker, a thread elsewhere). Running it in every
 worker of every replica is safe because each piece of work is claimed through the database.
@@ -13,14 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Engine
+
 from incident_app.escalation import Escalator
 from incident_app.idempotency import IdempotencyKeys
 from incident_app.outbox import NotificationOutbox
+from incident_app.repository import counts
 
 log = logging.getLogger(__name__)
 
 OUTBOX_EVERY = 1.0
 PURGE_EVERY = 300.0
+FOLD_COUNTS_EVERY = 60.0
 
 
 @dataclass
@@ -37,6 +42,7 @@ class BackgroundWork:
     escalator: Escalator
     idempotency: IdempotencyKeys
     escalation_every: float
+    engine: Engine
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -45,6 +51,7 @@ class BackgroundWork:
             _Job("deliver notifications", OUTBOX_EVERY, self.outbox.deliver_due),
             _Job("escalate incidents", self.escalation_every, self.escalator.escalate_due),
             _Job("expire idempotency keys", PURGE_EVERY, self.idempotency.purge_expired),
+            _Job("fold incident count shards", FOLD_COUNTS_EVERY, lambda: counts.fold_shards(self.engine)),
         ]
 
     def run(self) -> None:

@@ -269,9 +269,17 @@ class IncidentService:
         with reading(self.engine) as conn:
             return self._document(*self._existing(conn, incident_id))
 
-    def list_incidents(self, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any]:
+    def list_incidents(self, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any] | str:
+        """A page, newest first, with the number of incidents matching the filters. On PostgreSQL the
+        database writes the page's JSON itself (repository.list_page_json), returned as that text."""
         with reading(self.engine) as conn:
-            rows, total = repo.list_incidents(conn, filters, limit=limit, offset=offset)
+            if conn.dialect.name == "postgresql":
+                return repo.list_page_json(conn, filters, limit=limit, offset=offset)
+            return self.list_document(conn, filters, limit=limit, offset=offset)
+
+    @staticmethod
+    def list_document(conn: Connection, filters: repo.ListFilters, *, limit: int, offset: int) -> dict[str, Any]:
+        rows, total = repo.list_incidents(conn, filters, limit=limit, offset=offset)
         return {"incidents": [incident_document(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:

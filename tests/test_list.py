@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import pytest
+import sqlalchemy as sa
+
+from incident_app.repository.incidents import ListFilters, list_page_json
+from incident_app.schemas import IncidentPageSchema
+from incident_app.tables import incidents
 
 URL = "/api/v1/incidents"
 T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -207,3 +214,37 @@ def test_largest_offset_is_an_empty_page_not_an_error(client, mixed):
     page = listed(client, f"?offset={2**63 - 1}")
     assert (page["incidents"], page["total"], page["offset"]) == ([], 6, 2**63 - 1)
     assert client.get(f"{URL}?offset={2**63}").status_code == 422
+
+
+# --------------------------------------------------------------------------- the page PostgreSQL writes
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("query", [
+    {}, {"status": "open"}, {"severity": "low"}, {"service": "search"},
+    {"status": "resolved", "service": "payment-api"}, {"service": "nobody"},
+    {"offset": 2}, {"offset": 50}, {"limit": 1, "offset": 1},
+])
+def test_page_written_by_postgresql_is_the_page_the_service_builds(client, app, query):
+    """On PostgreSQL the list's JSON comes from the database (repository.list_page_json); the service's
+    own document (what SQLite answers) is the reference, field for field, value for value."""
+    create(client, app, title='Quotes " and \\ backslash\nnew line \x01 ünïcode ✓', description=None)
+    noted = create(client, app, when=T0 + timedelta(seconds=1), service="search", severity="low", description="d",
+                   status="acknowledged")
+    for note in ("rolled back\t\"the\" deploy", "ünïcode ✓"):
+        response = client.patch(f"{URL}/{noted['incident_id']}", json={"note": note, "author": None})
+        assert response.status_code == 200
+    create(client, app, when=T0 + timedelta(seconds=2, microseconds=1), status="resolved")
+    escalated = create(client, app, when=T0 + timedelta(hours=1))
+    engine = app.extensions["engine"]
+    with engine.begin() as conn:
+        conn.execute(sa.update(incidents).where(incidents.c.incident_id == escalated["incident_id"])
+                     .values(escalation_level=2, escalated_at=T0 + timedelta(hours=1, minutes=5)))
+    service = app.extensions["incident_service"]
+    filters = ListFilters(**{k: v for k, v in query.items() if k in ("status", "severity", "service")})
+    paging = {"limit": query.get("limit", 50), "offset": query.get("offset", 0)}
+    with engine.connect() as conn:
+        written = json.loads(list_page_json(conn, filters, **paging))
+        built = IncidentPageSchema().dump(service.list_document(conn, filters, **paging))
+    assert written == built
+    assert listed(client, "?" + urlencode(query)) == built

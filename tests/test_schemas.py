@@ -3,6 +3,7 @@
 import marshmallow as ma
 
 from incident_app import schemas
+from incident_app.repository.incidents import ListFilters
 
 VALID = {"title": "Disk full", "service": "storage", "severity": "high"}
 
@@ -16,9 +17,8 @@ def test_page_dump_matches_marshmallow_for_real_incidents(app, client):
     client.patch(f"/api/v1/incidents/{varied[0]['incident_id']}", json={"status": "acknowledged", "note": "n"})
     client.patch(f"/api/v1/incidents/{varied[1]['incident_id']}", json={"status": "resolved", "assigned_to": None})
     service = app.extensions["incident_service"]
-    from incident_app.repository.incidents import ListFilters
-
-    page = service.list_incidents(ListFilters(), limit=50, offset=0)
+    with service.engine.connect() as conn:
+        page = service.list_document(conn, ListFilters(), limit=50, offset=0)
     schema = schemas.IncidentPageSchema()
     assert schema.dump(page) == ma.Schema.dump(schema, page)
     assert len(schema.dump(page)["incidents"]) == 3

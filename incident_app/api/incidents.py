@@ -36,7 +36,10 @@ class Incidents(MethodView):
         `total` counts every incident that matches the filters.
         """
         filters = ListFilters(status=query.get("status"), severity=query.get("severity"), service=query.get("service"))
-        return incidents_service().list_incidents(filters, limit=query["limit"], offset=query["offset"])
+        page = incidents_service().list_incidents(filters, limit=query["limit"], offset=query["offset"])
+        if isinstance(page, str):  # the JSON, written by PostgreSQL: sent as it is
+            return current_app.response_class(page, mimetype="application/json")
+        return page
 
     @blp.arguments(schemas.IncidentCreateSchema)
     @blp.arguments(schemas.IdempotencyHeaderSchema, location="headers")

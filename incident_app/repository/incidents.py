@@ -106,6 +106,61 @@ def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset
     return page, int(total)
 
 
+def list_page_json(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> str:
+    """PostgreSQL only: what `list_incidents` reads, as the API's JSON text, built by the database.
+
+    Turning 50 rows into Python values and then into JSON was a third of a list request's time in
+    the worker; PostgreSQL builds the same document in C. tests/test_list.py holds it equal to the
+    page the service builds from `list_incidents` (which SQLite uses).
+    """
+    given = {name: value for name, value in vars(filters).items() if value is not None}
+    statement = _page_json(tuple(given))
+    return conn.execute(statement, {**given, "limit": limit, "offset": offset}).scalar_one()
+
+
+# A list item's fields beyond the stored columns, as the service computes them (service.incident_document).
+_SECONDS_BETWEEN = {"mtta_seconds": "acknowledged_at", "mttr_seconds": "resolved_at"}
+_RFC3339_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'  # schemas.rfc3339: UTC, always microseconds
+
+
+@functools.cache
+def _page_json(filtered_on: tuple[str, ...]) -> sa.Select:
+    # Built once per combination of filters, its values bound at execution: compiled and cache-keyed once.
+    def equal(table: sa.Table) -> list[sa.ColumnElement[bool]]:
+        return [table.c[name] == sa.bindparam(name) for name in filtered_on]
+
+    newest_first = (incidents.c.created_at.desc(), incidents.c.incident_id.desc())
+    page = (
+        sa.select(incidents).where(*equal(incidents)).order_by(*newest_first)
+        .limit(sa.bindparam("limit")).offset(sa.bindparam("offset"))
+        .subquery("page")
+    )
+
+    def value(name: str) -> sa.ColumnElement[Any]:
+        if name in _SECONDS_BETWEEN:
+            later = page.c[_SECONDS_BETWEEN[name]]
+            return sa.cast(sa.extract("epoch", later - page.c.created_at), postgresql.DOUBLE_PRECISION)
+        column = page.c[name]
+        if isinstance(column.type, UTCDateTime):
+            return sa.func.to_char(sa.func.timezone("UTC", column), _RFC3339_UTC)
+        return column
+
+    def object_of(pairs: dict[str, sa.ColumnElement[Any]]) -> sa.Function[Any]:
+        return sa.func.json_build_object(*(x for key, v in pairs.items() for x in (sa.literal_column(f"'{key}'"), v)))
+
+    item = object_of({name: value(name) for name in (*incidents.c.keys(), *_SECONDS_BETWEEN)})
+    items = sa.func.json_agg(postgresql.aggregate_order_by(item, page.c.created_at.desc(), page.c.incident_id.desc()))
+    total = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
+    document = object_of({
+        "incidents": sa.func.coalesce(items, sa.literal_column("'[]'::json")),
+        "total": total.scalar_subquery(),
+        "limit": sa.bindparam("limit"),
+        "offset": sa.bindparam("offset"),
+    })
+    # As text: psycopg2 would otherwise decode the json into Python objects.
+    return sa.select(sa.cast(document, sa.Text)).select_from(page)
+
+
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
     rows = _links(incident_pk, alert_ids, now)
