@@ -29,8 +29,13 @@ STATEMENT_TIMEOUT_MS = 30_000
 # steady use that dies is still detected on use, and the pool then recycles them all.
 PING_AFTER_IDLE_SECONDS = 1.0
 SQLITE_BUSY_TIMEOUT = 15
-# PostgreSQL's default level, set on a connection for the length of a `transaction` block.
+# The isolation level of every transaction: set for the session at connect (`transaction` relies
+# on it) and for migrations.
 TRANSACTION_ISOLATION = "READ COMMITTED"
+_ISOLATION_OPTION = TRANSACTION_ISOLATION.lower().replace(" ", "\\ ")  # libpq options: spaces escaped
+SESSION_OPTIONS = (
+    f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC -c default_transaction_isolation={_ISOLATION_OPTION}"
+)
 # Under gevent no single wait on the database outlives the statement timeout by more than this.
 WAIT_MARGIN_SECONDS = 5
 
@@ -82,7 +87,7 @@ def create_engine(settings: Settings) -> Engine:
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": settings.service_name[:63],
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC",
+            "options": SESSION_OPTIONS,
             "keepalives": 1,
             "keepalives_idle": 30,
             "keepalives_interval": 10,
@@ -159,9 +164,27 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
         if write:
             conn.execution_options(for_write=True)
         if conn.dialect.name == "postgresql":
-            conn.execution_options(isolation_level=TRANSACTION_ISOLATION)
+            stack.enter_context(_out_of_autocommit(conn))
         stack.enter_context(conn.begin())
         yield conn
+
+
+@contextmanager
+def _out_of_autocommit(conn: Connection) -> Iterator[None]:
+    """psycopg2 out of autocommit for the block: BEGIN … COMMIT at the session's level (READ COMMITTED,
+    set at connect). A client-side switch; SQLAlchemy's isolation_level option would instead have
+    psycopg2 send `SET default_transaction_isolation TO DEFAULT` before every transaction but the
+    first on a connection: one round trip more (tests/test_round_trips.py)."""
+    dbapi_connection = conn.connection.dbapi_connection
+    dbapi_connection.autocommit = False
+    try:
+        yield
+    finally:
+        if not dbapi_connection.closed:
+            try:
+                dbapi_connection.autocommit = True
+            except psycopg2.Error:
+                conn.invalidate()  # never back to the pool outside autocommit
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from incident_app.db import transaction
+
 postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 pytestmark = postgresql_only
 
@@ -111,3 +113,18 @@ def test_same_status_again_writes_nothing(client, sent):
     again = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
     assert again.status_code == 200
     assert sent == [("SELECT", False)]
+
+
+def test_a_transaction_only_leaves_autocommit_so_psycopg2_sends_no_set_before_it(app, client):
+    """Changing psycopg2's isolation level (SQLAlchemy's isolation_level option) makes it send
+    `SET default_transaction_isolation TO DEFAULT` before the next transaction: a round trip more on
+    every write. `transaction` only turns autocommit off, at the session's READ COMMITTED, so psycopg2
+    keeps no level of its own (None) and sends BEGIN, the statements, COMMIT."""
+    incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
+    for note in ("one", "two"):  # pooled connections that have run transactions before
+        assert client.patch(f"/api/v1/incidents/{incident_id}", json={"note": note}).status_code == 200
+    with transaction(app.extensions["engine"], write=True) as conn:
+        psycopg = conn.connection.dbapi_connection
+        assert (psycopg.autocommit, psycopg.isolation_level) == (False, None)
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
+    assert (psycopg.autocommit, psycopg.isolation_level) == (True, None)
