@@ -30,6 +30,8 @@ def markdown(document: dict[str, Any]) -> str:
         f"2 gevent workers; {document['machine']['cpus']} CPUs shared by wrk, gunicorn and PostgreSQL. "
         f"Commit {document['commit']}, {document['started_at']}.",
         "",
+        _ratio_basis(s),
+        "",
         "| scenario | req/s | p50 ms | p99 ms | errors | vs ceiling | target | | worker RSS MiB (before → after) |",
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
@@ -47,6 +49,14 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {row['errors']} | {ratio} | {target} | {met} | {rss} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio_basis(settings: dict[str, Any]) -> str:
+    if settings.get("ceiling_duration"):
+        return (f"*vs ceiling*: the ceiling is measured again ({settings['ceiling_duration']:g} s) right before "
+                "each measured run; the figure is the median of the runs' ratios, each to its own ceiling. "
+                "The ceiling rows show the first measurement.")
+    return "*vs ceiling*: the scenario's median to the ceiling's median, measured once at the start."
 
 
 def chart(document: dict[str, Any], path: Path) -> None:

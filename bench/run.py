@@ -230,9 +230,16 @@ def summarise(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def judge(scenario: Scenario, result: dict[str, Any], ceilings: dict[str, dict[str, Any]], rows: int) -> None:
-    """Adds the ratio to the ceiling and, where the issue sets one, whether the target is met."""
+    """Adds the ratio to the ceiling and, where the issue sets one, whether the target is met.
+
+    With the ceiling measured again before each run, the ratio is the median of the runs' ratios,
+    each to the ceiling of its moment; otherwise the ratio of the medians.
+    """
+    paired = [run["rps"] / run["ceiling_rps"] for run in result.get("runs", []) if run.get("ceiling_rps")]
     ceiling = ceilings.get(scenario.ceiling or "")
-    if ceiling and ceiling.get("rps"):
+    if paired:
+        result["ratio"] = round(statistics.median(paired), 3)
+    elif ceiling and ceiling.get("rps"):
         result["ratio"] = round(result["rps"] / ceiling["rps"], 3)
     checks, misses = [], []
     if scenario.min_ratio is not None and "ratio" in result:
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15, help="seconds per measured run (default 15)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per scenario (default 3)")
     parser.add_argument("--warmup", type=float, default=5, help="seconds of warm-up per scenario (default 5)")
+    parser.add_argument("--ceiling-duration", type=float, default=5,
+                        help="seconds of the ceiling run before each measured run (default 5; 0: measure it once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--scenarios", help="comma-separated subset (the ceilings always run)")
@@ -342,6 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         apps = {"service": (service, service_port), "ceiling": (ceiling, ceiling_port)}
 
         results: dict[str, dict[str, Any]] = {}
+        by_name = {s.name: s for s in every}
+
+        def drive(scenario: Scenario, index: int, duration: float, ids_file: Path | None = None) -> dict[str, Any]:
+            """One wrk run of `scenario` (index 0: the warm-up)."""
+            _, port = apps[scenario.app]
+            settings: dict[str, Any] = {"threads": args.threads, "seed": 1000 * index + 7, "path": scenario.path}
+            if scenario.ids is not None:
+                settings["ids_file"] = str(ids_file or sample)
+            url = f"http://127.0.0.1:{port}" + ("" if scenario.ids else scenario.path)
+            return run_wrk(wrk, url, wrk_script(scenario, work_dir, settings),
+                           threads=args.threads, connections=args.connections, duration=duration)
+
         for scenario in selected:
             process, port = apps[scenario.app]
             base = f"http://127.0.0.1:{port}"
@@ -355,27 +376,27 @@ def main(argv: list[str] | None = None) -> int:
             exhausted = False
             for index in range(args.runs + 1):
                 duration = args.warmup if index == 0 else args.duration
-                settings: dict[str, Any] = {"threads": args.threads, "seed": 1000 * index + 7, "path": scenario.path}
-                if scenario.ids == "sample":
-                    settings["ids_file"] = str(sample)
-                elif scenario.ids == "open":
+                ids_file = None
+                if scenario.ids == "open":
                     rate = runs[-1]["rps"] if runs else results.get("ceiling_insert", {}).get("rps") or 2000
                     provisioned = seed.provision_open_incidents(url, max(1000, int(rate * duration * 1.5)))
                     ids_file = work_dir / f"open-{index}.ids"
                     ids_file.write_text("\n".join(provisioned) + "\n")
-                    settings["ids_file"] = str(ids_file)
-                script = wrk_script(scenario, work_dir, settings)
+                # The ceiling again right before each measured run: the machine's speed drifts, and a
+                # ratio to a ceiling measured minutes earlier would carry that drift.
+                ceiling_rps = None
+                if index > 0 and scenario.ceiling and args.ceiling_duration > 0:
+                    ceiling_rps = drive(by_name[scenario.ceiling], index, args.ceiling_duration)["rps"]
                 spies = []
                 if index == 1 and scenario.name in profiled:
                     spies = profile_workers(process, out / "profiles", f"{name}-{scenario.name}", args.duration)
-                outcome = run_wrk(wrk, base + ("" if scenario.ids else scenario.path), script,
-                                  threads=args.threads, connections=args.connections, duration=duration)
+                outcome = drive(scenario, index, duration, ids_file)
                 for spy in spies:
                     spy.wait(timeout=args.duration + 60)
                 if scenario.ids == "open" and seed.count_open(url, provisioned) == 0:
                     exhausted = True
                 if index > 0:
-                    runs.append(outcome)
+                    runs.append({**outcome, "ceiling_rps": ceiling_rps} if ceiling_rps else outcome)
             result = summarise(scenario, runs)
             result.update(runs=runs, rss_mib_before=rss_before, rss_mib_after=worker_rss_mib(process))
             if exhausted:

@@ -88,6 +88,13 @@ def test_targets_are_judged_against_the_ceiling():
     run.judge(by_name["get_one"], slow, ceilings, 100_000)
     assert (fast["ratio"], fast["met"]) == (0.8, True)
     assert (slow["ratio"], slow["met"]) == (0.7, False)
+    # Each run against the ceiling measured right before it: the median of those ratios.
+    drifting = {"rps": 700.0, "p50_ms": 5.0, "p99_ms": 20.0, "errors": 0, "runs": [
+        {"rps": 700.0, "ceiling_rps": 900.0}, {"rps": 600.0, "ceiling_rps": 750.0},
+        {"rps": 800.0, "ceiling_rps": 1100.0},
+    ]}
+    run.judge(by_name["get_one"], drifting, ceilings, 100_000)
+    assert (drifting["ratio"], drifting["met"]) == (0.778, True)
     analytics = {"rps": 10.0, "p50_ms": 900.0, "p99_ms": 2000.0, "errors": 0}
     run.judge(by_name["analytics_all"], analytics, ceilings, 100_000)
     assert analytics["met"] is None  # its target is set at 1,000,000 rows
@@ -108,5 +115,6 @@ def test_a_tiny_run_writes_results_with_no_errors(postgres_available, tmp_path):
         assert scenario["runs"][0]["requests"] > 0
         assert scenario["errors"] == 0, scenario
     assert "ratio" in measured["get_one"]
+    assert all(r["ceiling_rps"] > 0 for r in measured["get_one"]["runs"])  # measured again before each run
     assert (tmp_path / "tiny.md").read_text().count("\n|") >= 5
     assert (tmp_path / "tiny.png").read_bytes().startswith(b"\x89PNG")
