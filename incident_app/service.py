@@ -87,6 +87,56 @@ def incident_document(row: Row, alerts: list[dict[str, Any]] | None = None) -> d
     return document
 
 
+# Optimistic writes of a PATCH before it locks the row instead; each lost one means another request
+# changed the incident meanwhile.
+OPTIMISTIC_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class _Change:
+    values: dict[str, Any]  # the columns to set; empty when the PATCH changes nothing
+    timeline: list[dict[str, Any]]
+    transition: lifecycle.Transition | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class _Patch:
+    status: str | None
+    assigned_to: str | None  # or UNSET
+    note: str | None
+    author: str | None
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The columns a change is worked out from: it stands only while they are as read."""
+        used = {"status": self.status is not None, "assigned_to": self.assigned_to is not UNSET,
+                "notes": self.note is not None}
+        return tuple(name for name, touched in used.items() if touched)
+
+    def plan(self, row: Row, now: datetime) -> _Change:
+        """What this PATCH changes on `row` as of `now` (InvalidTransition if the lifecycle forbids it)."""
+        values: dict[str, Any] = {}
+        timeline: list[dict[str, Any]] = []
+        transition = lifecycle.plan_transition(row.status, self.status) if self.status is not None else None
+        if transition is not None:
+            values["status"] = transition.to_status
+            values["acknowledged_at" if transition.acknowledges else "resolved_at"] = now
+            timeline.append(events.event(row.id, transition.to_status, at=now, actor=self.author,
+                                         details={"from": transition.from_status}))
+        if self.assigned_to is not UNSET and self.assigned_to != row.assigned_to:
+            values["assigned_to"] = self.assigned_to
+            timeline.append(events.event(row.id, "reassigned", at=now, actor=self.author,
+                                         details={"from": row.assigned_to, "to": self.assigned_to}))
+        if self.note is not None:
+            values["notes"] = [*row.notes, lifecycle.note_entry(self.note, self.author, now)]
+            timeline.append(events.event(row.id, "note_added", at=now, actor=self.author,
+                                         details={"text": self.note}))
+        if values:
+            values["updated_at"] = now
+        return _Change(values, timeline, transition, now)
+
+
 class IncidentService:
     def __init__(
         self,
@@ -300,36 +350,42 @@ class IncidentService:
         note: str | None = None,
         author: str | None = None,
     ) -> Update:
-        """Apply a PATCH atomically. The row is locked for the decision, so under concurrency each
-        transition is made by exactly one request; the others see it done and change nothing."""
+        """Apply a PATCH atomically; under concurrency each transition is made by exactly one request.
+
+        Optimistic first, two round trips: the incident is read without a lock, the change worked out,
+        and one statement writes it (with its events) only if what the change was worked out from
+        (the status, assignee or notes the request touches) is still as read. A request that lost that
+        race reads again; after OPTIMISTIC_ATTEMPTS it locks the row (FOR UPDATE) and cannot lose.
+        """
         if status is None and assigned_to is UNSET and note is None:
             raise NothingToUpdate()
-
+        request = _Patch(status, assigned_to, note, author)
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            with reading(self.engine) as conn:
+                row, alerts = self._existing(conn, incident_id)
+            change = request.plan(row, self.clock())
+            if not change.values:
+                return self._updated(row, alerts, change)
+            with single_statement(self.engine) as conn:
+                updated = repo.update_if_unchanged(conn, row, change.values, change.timeline,
+                                                   unchanged=request.depends_on)
+            if updated is not None:
+                return self._updated(updated, alerts, change)
         with transaction(self.engine, write=True) as conn:
             row, alerts = self._existing(conn, incident_id, for_update=True)
-            now = self.clock()
-            changes: dict[str, Any] = {}
-            timeline: list[dict[str, Any]] = []
-            transition = lifecycle.plan_transition(row.status, status) if status is not None else None
-            if transition is not None:
-                changes["status"] = transition.to_status
-                changes["acknowledged_at" if transition.acknowledges else "resolved_at"] = now
-                timeline.append(events.event(row.id, transition.to_status, at=now, actor=author,
-                                             details={"from": transition.from_status}))
-            if assigned_to is not UNSET and assigned_to != row.assigned_to:
-                changes["assigned_to"] = assigned_to
-                timeline.append(events.event(row.id, "reassigned", at=now, actor=author,
-                                             details={"from": row.assigned_to, "to": assigned_to}))
-            if note is not None:
-                changes["notes"] = [*row.notes, lifecycle.note_entry(note, author, now)]
-                timeline.append(events.event(row.id, "note_added", at=now, actor=author, details={"text": note}))
-            if changes:
-                update = repo.update_incident(row.id, {**changes, "updated_at": now})
-                (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name))
+            change = request.plan(row, self.clock())
+            if change.values:
+                update = repo.update_incident(row.id, change.values)
+                (row,) = execute_together(conn, update, events.insert_events(*change.timeline,
+                                                                             dialect=conn.dialect.name))
+        return self._updated(row, alerts, change)
 
-        if transition is not None:
-            self.metrics.status_changed(transition, row.severity, (now - row.created_at).total_seconds())
-        return Update(self._document(row, alerts), transition)
+    def _updated(self, row: Row, alerts: list[dict[str, Any]], change: _Change) -> Update:
+        """The answer to a PATCH, with the transition's metrics once it is committed."""
+        if change.transition is not None:
+            seconds = (change.at - row.created_at).total_seconds()
+            self.metrics.status_changed(change.transition, row.severity, seconds)
+        return Update(self._document(row, alerts), change.transition)
 
     # ------------------------------------------------------------------ alerts and timeline
 

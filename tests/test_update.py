@@ -3,6 +3,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
+
+from incident_app.service import OPTIMISTIC_ATTEMPTS
+from incident_app.tables import incident_events, incidents
 
 VALID = {"title": "Disk full", "service": "storage", "severity": "medium"}
 
@@ -147,3 +151,60 @@ def test_patch_response_includes_alerts(client):
     incident = client.post("/api/v1/incidents", json={**VALID, "alert_ids": [alert]}).get_json()
     updated = patch(client, incident, note="x").get_json()
     assert [a["alert_id"] for a in updated["alerts"]] == [alert]
+
+
+# --------------------------------------------------------------------------- a write that lost a race
+
+
+def clock_writing_first(app, incident, notes: int):
+    """A service clock that, the first `notes` times the service reads it (after reading the
+    incident, before writing), has another writer append a note: the service's write then finds the
+    incident changed since it read it."""
+    written = []
+    engine = app.extensions["engine"]
+
+    def clock():
+        if len(written) < notes:
+            written.append(f"meanwhile {len(written)}")
+            mine = incidents.c.incident_id == incident["incident_id"]
+            with engine.begin() as conn:
+                notes_now = conn.execute(sa.select(incidents.c.notes).where(mine)).scalar_one()
+                conn.execute(incidents.update().where(mine).values(notes=[*notes_now, {"text": written[-1]}]))
+        return datetime.now(UTC)
+
+    return clock, written
+
+
+@pytest.mark.parametrize("races_lost", [1, OPTIMISTIC_ATTEMPTS])
+def test_a_write_that_lost_a_race_reads_again_and_loses_nothing(app, client, incident, races_lost):
+    """Lost once: read again and written. Lost every optimistic attempt: the row is locked instead."""
+    app.extensions["incident_service"].clock, written = clock_writing_first(app, incident, races_lost)
+    response = patch(client, incident, status="acknowledged", note="mine")
+    assert response.status_code == 200
+    assert [n["text"] for n in response.get_json()["notes"]] == [*written, "mine"]
+    assert response.get_json()["status"] == "acknowledged"
+    events = client.get(f"/api/v1/incidents/{incident['incident_id']}/events").get_json()["events"]
+    assert [e["type"] for e in events].count("acknowledged") == 1
+    assert [e["type"] for e in events].count("note_added") == 1
+
+
+def test_a_transition_made_meanwhile_is_not_made_twice(app, client, incident):
+    """Read as open; acknowledged by another request before the write: the write must not apply."""
+    engine = app.extensions["engine"]
+    first = []
+
+    def clock():
+        if not first:
+            first.append(None)  # the other request reads the clock too
+            first[0] = patch(app.test_client(), incident, status="acknowledged").get_json()
+        return datetime.now(UTC)
+
+    app.extensions["incident_service"].clock = clock
+    response = patch(client, incident, status="acknowledged")
+    assert response.status_code == 200
+    assert response.get_json()["acknowledged_at"] == first[0]["acknowledged_at"]
+    with engine.connect() as conn:
+        kinds = conn.execute(sa.select(incident_events.c.type).where(
+            incident_events.c.incident_id == sa.select(incidents.c.id).where(
+                incidents.c.incident_id == incident["incident_id"]).scalar_subquery())).scalars().all()
+    assert kinds.count("acknowledged") == 1

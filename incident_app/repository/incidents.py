@@ -85,6 +85,26 @@ def assign_if_unassigned(
     return rows[0] if rows else None
 
 
+def update_if_unchanged(
+    conn: Connection, row: Row, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]],
+    *, unchanged: Sequence[str],
+) -> Row | None:
+    """Write `values` and the `timeline` events to the incident read as `row`, in one statement,
+    only if its `unchanged` columns still hold what `row` holds; the changed row, or None (nothing
+    written) when another write got there first."""
+    still = [incidents.c[name].is_not_distinct_from(row._mapping[name]) for name in unchanged]
+    update = incidents.update().where(incidents.c.id == row.id, *still).values(**values).returning(*incidents.c)
+    if conn.dialect.name == "postgresql":
+        # The events are written from the UPDATE's RETURNING: only when it changed the row.
+        changed = update.cte("changed")
+        rows = conn.execute(sa.select(*changed.c).add_cte(events.insert_events_from(changed, *timeline).cte())).all()
+    else:
+        rows = conn.execute(update).all()
+        if rows:
+            conn.execute(events.insert_events(*timeline))
+    return rows[0] if rows else None
+
+
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
     """A page, newest first, and the number of incidents matching the filters, in one statement (one
     snapshot). The total is the triggers' counts, not a count(*): a few rows to sum instead of up to
