@@ -47,17 +47,11 @@ def insert_events(*events: Mapping[str, Any], dialect: str = "") -> sa.Insert | 
     return incident_events.insert().from_select(columns, sa.union_all(*rows))
 
 
-def insert_events_from(source: sa.CTE, *events: Mapping[str, Any]) -> sa.Insert:
-    """One INSERT of the `events`, in order, per row of `source` (a data-modifying CTE): none when it
-    changed nothing."""
-    columns = list(events[0])
-
-    def one(event: Mapping[str, Any]) -> sa.Select:
-        values = (sa.literal(event[name], incident_events.c[name].type) for name in columns)
-        return sa.select(*values).select_from(source)
-
-    rows = one(events[0]) if len(events) == 1 else sa.union_all(*(one(event) for event in events))
-    return incident_events.insert().from_select(columns, rows)
+def insert_events_from(source: sa.CTE, event: Mapping[str, Any]) -> sa.Insert:
+    """One INSERT of `event` per row of `source` (a data-modifying CTE): none when it changed nothing."""
+    columns = list(event)
+    values = (sa.literal(event[name], incident_events.c[name].type) for name in columns)
+    return incident_events.insert().from_select(columns, sa.select(*values).select_from(source))
 
 
 def record_event(
