@@ -22,7 +22,7 @@ from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
 from incident_app.metrics import IncidentMetrics, OpenIncidentsCollector, exposition_registry, install_http_metrics
 from incident_app.outbox import NotificationOutbox
-from incident_app.peers.http import PeerClient, pooled_session
+from incident_app.peers.http import PeerClient, pooled_transport
 from incident_app.peers.notify import NotificationClient
 from incident_app.peers.oncall import OnCallClient
 from incident_app.probes import ProbeDatabase, create_probe_engine
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     engine = create_engine(settings)
     warm_pool(engine, settings.db_pool_min)
-    http = pooled_session()
+    http = pooled_transport()
     metrics = IncidentMetrics(settings)
     install_http_metrics(app, metrics)
     probe_db = ProbeDatabase(create_probe_engine(settings))

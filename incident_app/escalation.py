@@ -84,7 +84,7 @@ class Escalator:
             }
             if assignee != row.assigned_to:
                 changes["assigned_to"] = assignee
-            updated = conn.execute(repo.update_incident(row.id, changes)).one()
+            updated = repo.update_incident(row.id, changes).execute(conn).one()
             events.record_event(conn, row.id, "escalated", at=now, actor=SYSTEM,
                                 details={"level": level, "assigned_to": assignee})
             if assignee != row.assigned_to:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from incident_app.db import execute_together, single_statement, transaction
+from incident_app.db import Bound, execute_together, single_statement, transaction
 from incident_app.metrics import IncidentMetrics
 from incident_app.peers.notify import CHANNEL, NotificationClient
 from incident_app.repository import events
@@ -66,7 +65,7 @@ class NotificationOutbox:
     def prepare(
         self, *, incident_pk: uuid.UUID, incident_id: str, severity: str, engineer: str, message: str,
         now: datetime, hold: timedelta = timedelta(0),
-    ) -> tuple[Pending, sa.Insert]:
+    ) -> tuple[Pending, Bound]:
         """A notification and the INSERT that writes it with the change that causes it, leased to the
         caller for one try.
 
@@ -94,7 +93,7 @@ class NotificationOutbox:
             incident_pk=incident.id, incident_id=incident.incident_id, severity=incident.severity,
             engineer=engineer, message=message, now=now,
         )
-        conn.execute(statement)
+        statement.execute(conn)
         return pending
 
     def readdress(self, conn: Connection, pending: Pending, *, engineer: str) -> Pending:
@@ -107,14 +106,15 @@ class NotificationOutbox:
         """One attempt, nothing recorded: the caller records it (`sent` or `record_failure`), then `count`s it."""
         return self.notifier.send(pending.payload)
 
-    def sent(self, pending: Pending, *, now: datetime) -> tuple[sa.Update, dict[str, Any]]:
+    def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound]:
         """What records a delivered attempt: the row marked sent (with the payload that went out) and
         its `notified` event, independent writes for one statement (db.execute_together)."""
         attempts = pending.attempts + 1
+        notified = events.event(pending.incident_pk, "notified", at=now,
+                                details=self._details(pending.id, pending.payload, attempts))
         return (
             queue.mark_sent(pending.id, attempts=attempts, now=now, payload=pending.payload),
-            events.event(pending.incident_pk, "notified", at=now,
-                         details=self._details(pending.id, pending.payload, attempts)),
+            events.insert_events(notified, dialect=self.engine.dialect.name, prefix="notified"),
         )
 
     def record_failure(self, conn: Connection, pending: Pending, *, now: datetime) -> None:
@@ -134,9 +134,8 @@ class NotificationOutbox:
         now = now or self.clock()
         try:
             if delivered:  # the usual case, in one statement
-                mark_sent, notified = self.sent(pending, now=now)
                 with single_statement(self.engine) as conn:
-                    execute_together(conn, mark_sent, events.insert_events(notified))
+                    execute_together(conn, *self.sent(pending, now=now))
             else:
                 with transaction(self.engine, write=True) as conn:
                     self.record_failure(conn, pending, now=now)

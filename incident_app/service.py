@@ -213,12 +213,11 @@ class IncidentService:
         try:
             now = self.clock()
             if delivered:
-                mark_sent, notified = self.outbox.sent(pending, now=now)
+                writes = self.outbox.sent(pending, now=now)
                 with single_statement(self.engine) as conn:
                     if assignee is None:
-                        execute_together(conn, mark_sent, events.insert_events(notified))
+                        execute_together(conn, *writes)
                         return row
-                    writes = (mark_sent, events.insert_events(notified))
                     assigned = repo.assign_if_unassigned(conn, row.id, assignee, assigned_at, together=writes)
             else:
                 with transaction(self.engine, write=True) as conn:
@@ -275,8 +274,9 @@ class IncidentService:
                 engineer=values["service"], message=notification_message(**values), now=now,
                 hold=self.oncall_lookup_bound,
             )
-            timeline_insert = events.insert_events(*timeline, dialect=self.engine.dialect.name)
-            writes = (repo.insert_links(values["id"], alert_ids, now), timeline_insert, enqueue)
+            dialect = self.engine.dialect.name
+            writes = (repo.insert_links(values["id"], alert_ids, now, dialect=dialect),
+                      events.insert_events(*timeline, dialect=dialect), enqueue)
             try:
                 if reservation is None:
                     with single_statement(self.engine) as conn:
@@ -399,7 +399,7 @@ class IncidentService:
                 now = self.clock()
                 repo.link_alerts(conn, row.id, new, now)
                 events.record_event(conn, row.id, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in new]})
-                row = conn.execute(repo.update_incident(row.id, {"updated_at": now})).one()
+                row = repo.update_incident(row.id, {"updated_at": now}).execute(conn).one()
                 alerts = repo.linked_alerts(conn, [row.id])[row.id]
         return self._document(row, alerts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -10,7 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from incident_app.db import Bound, prefixed
 from incident_app.tables import incident_events
+
+COLUMNS = ("incident_id", "type", "actor", "details", "created_at")
 
 
 def event(
@@ -26,32 +30,42 @@ def event(
             "created_at": at}
 
 
-def insert_events(*events: Mapping[str, Any], dialect: str = "") -> sa.Insert | None:
+def insert_events(*events: Mapping[str, Any], dialect: str, prefix: str = "event") -> Bound | None:
     """One INSERT of the given events, in order (their serial ids follow it); None when there are none.
 
-    SQLAlchemy caches no multi-row VALUES, and compiling one per request was a third of a create's
-    time: on PostgreSQL several events are a UNION ALL of typed one-row SELECTs, which it caches.
+    On PostgreSQL a UNION ALL of one-row SELECTs of bound values (`from_rows`), so that it can run
+    with other statements (db.execute_together); elsewhere executemany. `prefix` names its values.
     """
     if not events:
         return None
-    if len(events) == 1:
-        return incident_events.insert().values(**events[0])
     if dialect != "postgresql":
-        return incident_events.insert().values(list(events))
-    columns = list(events[0])
-    rows = [
-        sa.select(*(sa.cast(sa.literal(e[name], incident_events.c[name].type), incident_events.c[name].type)
-                    for name in columns))
-        for e in events
-    ]
-    return incident_events.insert().from_select(columns, sa.union_all(*rows))
+        return Bound(incident_events.insert(), [dict(e) for e in events])
+    return Bound(_insert_events(len(events), prefix), parameters(events, prefix))
 
 
-def insert_events_from(source: sa.CTE, event: Mapping[str, Any]) -> sa.Insert:
-    """One INSERT of `event` per row of `source` (a data-modifying CTE): none when it changed nothing."""
-    columns = list(event)
-    values = (sa.literal(event[name], incident_events.c[name].type) for name in columns)
-    return incident_events.insert().from_select(columns, sa.select(*values).select_from(source))
+@functools.cache
+def _insert_events(count: int, prefix: str) -> sa.Insert:
+    return from_rows(count, prefix)
+
+
+def from_rows(count: int, prefix: str, source: sa.FromClause | None = None) -> sa.Insert:
+    """The INSERT of `count` events bound as `parameters` names them; with `source` (a
+    data-modifying CTE), once per row it returns: none when it changed nothing."""
+
+    def row(index: int) -> sa.Select:
+        # Cast: in a UNION, PostgreSQL would otherwise take an untyped value for text, not jsonb.
+        columns = (incident_events.c[name] for name in COLUMNS)
+        values = sa.select(*(sa.cast(sa.bindparam(f"{prefix}_{index}_{c.name}", type_=c.type), c.type)
+                             for c in columns))
+        return values if source is None else values.select_from(source)
+
+    rows = row(0) if count == 1 else sa.union_all(*(row(index) for index in range(count)))
+    return incident_events.insert().from_select(COLUMNS, rows)
+
+
+def parameters(events: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]], prefix: str) -> dict[str, Any]:
+    """The values of `events` under the names `from_rows` binds them."""
+    return {name: value for index, e in enumerate(events) for name, value in prefixed(e, f"{prefix}_{index}_").items()}
 
 
 def record_event(
@@ -63,7 +77,9 @@ def record_event(
     actor: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    conn.execute(insert_events(event(incident_pk, event_type, at=at, actor=actor, details=details)))
+    insert = insert_events(event(incident_pk, event_type, at=at, actor=actor, details=details),
+                           dialect=conn.dialect.name)
+    insert.execute(conn)
 
 
 def list_events(conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import autocommitting, execute_together
+from incident_app.db import Bound, autocommitting, bind, execute_together, prefixed
 from incident_app.repository import events
-from incident_app.tables import UTCDateTime, incident_alerts, incident_counts, incident_events, incidents
+from incident_app.tables import UTCDateTime, incident_alerts, incident_counts, incidents
 
 T = TypeVar("T")
 
@@ -33,17 +33,37 @@ class ListFilters:
         return [table.c[name] == value for name, value in vars(self).items() if value is not None]
 
 
-def insert_incident(values: Mapping[str, Any]) -> sa.Insert:
+def insert_incident(values: Mapping[str, Any]) -> Bound:
     """The INSERT of a new incident, returning the stored row."""
-    return incidents.insert().values(**values).returning(*incidents.c)
+    return Bound(_insert_incident(tuple(values)), prefixed(values, "incident_"))
 
 
-def insert_links(incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> sa.Insert | None:
-    """The INSERT linking a new incident's (distinct) alerts; None when there are none."""
-    links = _links(incident_pk, alert_ids, now)
-    if len(links) == 1:  # the usual case, in a form SQLAlchemy caches (it caches no multi-row VALUES)
-        return incident_alerts.insert().values(**links[0])
-    return incident_alerts.insert().values(links) if links else None
+@functools.cache
+def _insert_incident(columns: tuple[str, ...]) -> sa.Insert:
+    return incidents.insert().values(bind(incidents, columns, "incident_")).returning(*incidents.c)
+
+
+def insert_links(
+    incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime, *, dialect: str
+) -> Bound | None:
+    """The INSERT linking a new incident's (distinct) alerts; None when there are none. On PostgreSQL
+    one statement for any number of them (unnest), to run with the incident's INSERT."""
+    if not alert_ids:
+        return None
+    if dialect != "postgresql":
+        return Bound(incident_alerts.insert(), _links(incident_pk, alert_ids, now))
+    values = {"incident_id": incident_pk, "alert_ids": list(alert_ids), "linked_at": now}
+    return Bound(_INSERT_LINKS, prefixed(values, "link_"))
+
+
+_INSERT_LINKS = incident_alerts.insert().from_select(
+    ["incident_id", "alert_id", "linked_at"],
+    sa.select(
+        sa.bindparam("link_incident_id", type_=incident_alerts.c.incident_id.type),
+        sa.func.unnest(sa.bindparam("link_alert_ids", type_=postgresql.ARRAY(sa.Uuid()))),
+        sa.bindparam("link_linked_at", type_=incident_alerts.c.linked_at.type),
+    ),
+)
 
 
 def _links(incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
@@ -54,35 +74,49 @@ def find_incident(conn: Connection, incident_id: str) -> Row | None:
     return conn.execute(sa.select(*incidents.c).where(incidents.c.incident_id == incident_id)).one_or_none()
 
 
-def update_incident(pk: uuid.UUID, values: Mapping[str, Any]) -> sa.Update:
+def update_incident(pk: uuid.UUID, values: Mapping[str, Any]) -> Bound:
     """The UPDATE of one incident, returning the changed row."""
-    return incidents.update().where(incidents.c.id == pk).values(**values).returning(*incidents.c)
+    return Bound(_update_incident(tuple(values)), {"pk": pk, **prefixed(values, "new_")})
+
+
+@functools.cache
+def _update_incident(columns: tuple[str, ...]) -> sa.Update:
+    return (
+        incidents.update().where(incidents.c.id == sa.bindparam("pk"))
+        .values(bind(incidents, columns, "new_")).returning(*incidents.c)
+    )
 
 
 def assign_if_unassigned(
-    conn: Connection, pk: uuid.UUID, assignee: str, now: datetime, *, together: Sequence[sa.UpdateBase | None] = ()
+    conn: Connection, pk: uuid.UUID, assignee: str, now: datetime, *, together: Sequence[Bound | None] = ()
 ) -> Row | None:
     """Set the assignee, with its `assigned` event, unless someone set one meanwhile (None then).
 
     `together` are further independent writes made in the same statement (db.execute_together).
     """
-    assigned = (
-        incidents.update()
-        .where(incidents.c.id == pk, incidents.c.assigned_to.is_(None))
-        .values(assigned_to=assignee, updated_at=now)
-        .returning(*incidents.c)
-    )
     event = events.event(pk, "assigned", at=now, details={"assigned_to": assignee})
-    if conn.dialect.name == "postgresql":
+    parameters = {"pk": pk, "was_assigned_to": None, **prefixed({"assigned_to": assignee, "updated_at": now}, "new_")}
+    postgres = conn.dialect.name == "postgresql"
+    assigned, assigned_event = _assign_if_unassigned(postgres)
+    if postgres:
         # One statement: the event is written from the UPDATE's RETURNING, so only when it assigned.
-        changed = assigned.cte("assigned")
-        rows = execute_together(conn, sa.select(*changed.c), events.insert_events_from(changed, event), *together)
+        rows = execute_together(conn, Bound(assigned, parameters),
+                                Bound(assigned_event, events.parameters([event], "assigned")), *together)
     else:
-        rows = conn.execute(assigned).all()
-        for statement in (events.insert_events(event) if rows else None, *together):
+        rows = conn.execute(assigned, parameters).all()
+        for statement in (events.insert_events(event, dialect=conn.dialect.name) if rows else None, *together):
             if statement is not None:
-                conn.execute(statement)
+                statement.execute(conn)
     return rows[0] if rows else None
+
+
+@functools.cache
+def _assign_if_unassigned(postgres: bool) -> tuple[sa.Executable, sa.Insert | None]:
+    update = _update_if_unchanged(("assigned_to", "updated_at"), ("assigned_to",))
+    if not postgres:
+        return update, None
+    changed = update.cte("assigned")
+    return sa.select(*changed.c), events.from_rows(1, "assigned", source=changed)
 
 
 def update_if_unchanged(
@@ -93,46 +127,37 @@ def update_if_unchanged(
     only if its `unchanged` columns still hold what `row` holds; the changed row, or None (nothing
     written) when another write got there first."""
     postgres = conn.dialect.name == "postgresql"
-    statement = _update_if_unchanged(tuple(values), tuple(unchanged), tuple(timeline[0]), len(timeline), postgres)
+    update = _update_if_unchanged(tuple(values), tuple(unchanged))
     parameters = {"pk": row.id, **{f"was_{name}": row._mapping[name] for name in unchanged},
-                  **{f"new_{name}": value for name, value in values.items()}}
-    if postgres:
-        parameters.update({f"event_{i}_{name}": value
-                           for i, event in enumerate(timeline) for name, value in event.items()})
-    rows = conn.execute(statement, parameters).all()
-    if rows and not postgres:
-        conn.execute(events.insert_events(*timeline))
+                  **prefixed(values, "new_")}
+    if not postgres:
+        rows = conn.execute(update, parameters).all()
+        if rows:
+            events.insert_events(*timeline, dialect=conn.dialect.name).execute(conn)
+        return rows[0] if rows else None
+    statement = _with_events_from(update, len(timeline))
+    rows = conn.execute(statement, {**parameters, **events.parameters(timeline, "event")}).all()
     return rows[0] if rows else None
 
 
 @functools.cache
-def _update_if_unchanged(
-    columns: tuple[str, ...], unchanged: tuple[str, ...], event_columns: tuple[str, ...], event_count: int,
-    postgres: bool,
-) -> sa.Executable:
-    # Built once per shape, its values bound at execution: a CTE returning every column costs more
-    # to build and cache-key (0.6 ms) than the round trip it saves.
-    def bound(name: str, column: sa.Column) -> sa.BindParameter:
-        return sa.bindparam(name, type_=column.type)
-
-    update = (
+def _update_if_unchanged(columns: tuple[str, ...], unchanged: tuple[str, ...]) -> sa.Update:
+    # Built once per shape, its values bound at execution (db.Bound): a CTE returning every column
+    # costs more to build and cache-key (0.6 ms) than the round trip it saves.
+    return (
         incidents.update()
         .where(incidents.c.id == sa.bindparam("pk"),
-               *(incidents.c[name].is_not_distinct_from(bound(f"was_{name}", incidents.c[name])) for name in unchanged))
-        .values({name: bound(f"new_{name}", incidents.c[name]) for name in columns})
+               *(incidents.c[name].is_not_distinct_from(bind(incidents, [name], "was_")[name]) for name in unchanged))
+        .values(bind(incidents, columns, "new_"))
         .returning(*incidents.c)
     )
-    if not postgres:
-        return update
+
+
+@functools.cache
+def _with_events_from(update: sa.Update, event_count: int) -> sa.Select:
     # The events are written from the UPDATE's RETURNING: only when it changed the row.
     changed = update.cte("changed")
-    timeline = [
-        sa.select(*(bound(f"event_{i}_{name}", incident_events.c[name]) for name in event_columns)).select_from(changed)
-        for i in range(event_count)
-    ]
-    rows = timeline[0] if event_count == 1 else sa.union_all(*timeline)
-    written = incident_events.insert().from_select(list(event_columns), rows)
-    return sa.select(*changed.c).add_cte(written.cte("timeline"))
+    return sa.select(*changed.c).add_cte(events.from_rows(event_count, "event", source=changed).cte("timeline"))
 
 
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:

@@ -11,19 +11,29 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from incident_app.db import Bound, bind, prefixed
 from incident_app.tables import notification_outbox
 
 PENDING, SENT, EXPIRED = "pending", "sent", "expired"
 
 
+_ENQUEUED = ("id", "incident_id", "payload", "state", "attempts", "created_at", "next_attempt_at")
+# Built once, values bound at execution (db.Bound): both run with the statement of a create.
+_ENQUEUE = notification_outbox.insert().values(bind(notification_outbox, _ENQUEUED, "notification_"))
+_MARK_SENT = (
+    notification_outbox.update()
+    .where(notification_outbox.c.id == sa.bindparam("sent_id"), notification_outbox.c.state == PENDING)
+    .values(state=SENT, **bind(notification_outbox, ("attempts", "finished_at", "payload"), "sent_"))
+)
+
+
 def enqueue(
     *, notification_id: uuid.UUID, incident_pk: uuid.UUID, payload: Mapping[str, Any], now: datetime,
     first_attempt_at: datetime,
-) -> sa.Insert:
-    return notification_outbox.insert().values(
-        id=notification_id, incident_id=incident_pk, payload=dict(payload), state=PENDING, attempts=0,
-        created_at=now, next_attempt_at=first_attempt_at,
-    )
+) -> Bound:
+    values = {"id": notification_id, "incident_id": incident_pk, "payload": dict(payload), "state": PENDING,
+              "attempts": 0, "created_at": now, "next_attempt_at": first_attempt_at}
+    return Bound(_ENQUEUE, prefixed(values, "notification_"))
 
 
 def claim_due(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
@@ -59,15 +69,11 @@ def find_pending(conn: Connection, notification_id: uuid.UUID) -> Row | None:
     ).one_or_none()
 
 
-def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, payload: Mapping[str, Any]) -> sa.Update:
+def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, payload: Mapping[str, Any]) -> Bound:
     """Record a delivery of `payload` (readdressed, perhaps, before it went out), unless the row is
     no longer pending."""
-    o = notification_outbox.c
-    return (
-        notification_outbox.update()
-        .where(o.id == notification_id, o.state == PENDING)
-        .values(state=SENT, attempts=attempts, finished_at=now, payload=dict(payload))
-    )
+    values = {"attempts": attempts, "finished_at": now, "payload": dict(payload)}
+    return Bound(_MARK_SENT, {"sent_id": notification_id, **prefixed(values, "sent_")})
 
 
 def finish(conn: Connection, notification_id: uuid.UUID, *, state: str, attempts: int, now: datetime) -> bool:
