@@ -27,7 +27,7 @@ def incidents_service() -> IncidentService:
 
 @blp.route("")
 class Incidents(MethodView):
-    @blp.arguments(schemas.IncidentListQuerySchema, location="query")
+    @blp.arguments(schemas.IncidentListQuerySchema(), location="query")
     @blp.response(200, schemas.IncidentPageSchema)
     def get(self, query: dict[str, Any]):
         """List incidents, newest first
@@ -41,8 +41,8 @@ class Incidents(MethodView):
             return current_app.response_class(page, mimetype="application/json")
         return page
 
-    @blp.arguments(schemas.IncidentCreateSchema)
-    @blp.arguments(schemas.IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(schemas.IncidentCreateSchema())
+    @blp.arguments(schemas.IdempotencyHeaderSchema(), location="headers")
     @blp.response(
         201, schemas.IncidentSchema, description="The incident, with its linked alerts.",
         headers={
@@ -72,7 +72,7 @@ class Incidents(MethodView):
 
 @blp.route("/analytics")
 class Analytics(MethodView):
-    @blp.arguments(schemas.AnalyticsQuerySchema, location="query")
+    @blp.arguments(schemas.AnalyticsQuerySchema(), location="query")
     @blp.response(200, schemas.AnalyticsSchema)
     def get(self, query: dict[str, Any]):
         """Incident analytics
@@ -92,7 +92,7 @@ class Incident(MethodView):
         """Read an incident, with its linked alerts"""
         return incidents_service().get_incident(incident_id)
 
-    @blp.arguments(schemas.IncidentUpdateSchema)
+    @blp.arguments(schemas.IncidentUpdateSchema())
     @blp.response(200, schemas.IncidentSchema)
     @blp.alt_response(400, response="BAD_REQUEST")
     @blp.alt_response(404, response="NOT_FOUND")
@@ -122,7 +122,7 @@ class Timeline(MethodView):
 
 @blp.route("/<string:incident_id>/alerts")
 class IncidentAlerts(MethodView):
-    @blp.arguments(schemas.AlertLinkSchema)
+    @blp.arguments(schemas.AlertLinkSchema())
     @blp.response(200, schemas.IncidentSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     def post(self, body: dict[str, Any], incident_id: str):
