@@ -109,13 +109,15 @@ class NotificationOutbox:
     def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound]:
         """What records a delivered attempt: the row marked sent (with the payload that went out) and
         its `notified` event, independent writes for one statement (db.execute_together)."""
-        attempts = pending.attempts + 1
-        notified = events.event(pending.incident_pk, "notified", at=now,
-                                details=self._details(pending.id, pending.payload, attempts))
+        notified = events.event(pending.incident_pk, "notified", at=now, details=self.notified_details(pending))
         return (
-            queue.mark_sent(pending.id, attempts=attempts, now=now, payload=pending.payload),
+            queue.mark_sent(pending.id, attempts=pending.attempts + 1, now=now, payload=pending.payload),
             events.insert_events(notified, dialect=self.engine.dialect.name, prefix="notified"),
         )
+
+    def notified_details(self, pending: Pending) -> dict[str, Any]:
+        """The details of the `notified` event of `pending`'s attempt now delivered."""
+        return self._details(pending.id, pending.payload, pending.attempts + 1)
 
     def record_failure(self, conn: Connection, pending: Pending, *, now: datetime) -> None:
         """Reschedule a failed attempt, or give the notification up after a day of failures."""

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app import lifecycle
 from incident_app.analytics_cache import AnalyticsCache
+from incident_app.batching import GroupCommit
 from incident_app.db import execute_together, reading, single_statement, transaction
 from incident_app.errors import IncidentNotFound, NothingToUpdate
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
@@ -23,9 +24,10 @@ from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import NotificationOutbox, Pending
 from incident_app.peers.oncall import OnCallClient
 from incident_app.repository import analytics as analytics_queries
-from incident_app.repository import events
+from incident_app.repository import events, first_contacts
 from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
+from incident_app.repository.first_contacts import FirstContact
 from incident_app.tables import incidents
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,8 @@ class IncidentService:
         self.clock = clock
         # Concurrent requests for the same analytics share one computation; by default none is reused.
         self.analytics_cache = analytics_cache or AnalyticsCache(max_age=0)
+        postgres = engine.dialect.name == "postgresql"
+        self._first_contacts = GroupCommit(self._record_first_contacts) if postgres else None
 
     # ------------------------------------------------------------------ create
 
@@ -208,11 +212,22 @@ class IncidentService:
         self, row: Row, pending: Pending, assignee: str | None, assigned_at: datetime, delivered: bool
     ) -> Row:
         """The on-call assignee as of the lookup (unless someone assigned the incident by hand
-        meanwhile: theirs stands) and the first delivery attempt as of its reply, in one transaction:
-        on PostgreSQL one statement when delivered."""
+        meanwhile: theirs stands) and the first delivery attempt as of its reply, in one transaction.
+
+        On PostgreSQL, a delivered one is recorded with those of the other creates of the moment in
+        this process, one statement and one commit for all (group commit): under load, that
+        statement's round trip and commit were a third of a create's cost.
+        """
         try:
             now = self.clock()
-            if delivered:
+            if delivered and self._first_contacts is not None:
+                assigned = self._first_contacts.submit(FirstContact(
+                    row.id, assignee, assigned_at, pending.id, pending.attempts + 1, pending.payload,
+                    self.outbox.notified_details(pending), now,
+                ))
+                if assignee is None:
+                    return row
+            elif delivered:
                 writes = self.outbox.sent(pending, now=now)
                 with single_statement(self.engine) as conn:
                     if assignee is None:
@@ -236,6 +251,11 @@ class IncidentService:
             log.warning("could not record the on-call assignee or the delivery", exc_info=True,
                         extra={"assignee": assignee})
             return row
+
+    def _record_first_contacts(self, contacts: list[FirstContact]) -> list[Row | None]:
+        with single_statement(self.engine) as conn:
+            assigned = first_contacts.record(conn, contacts)
+        return [assigned.get(contact.incident_pk) for contact in contacts]
 
     def _replayed(self, replay: Replay) -> dict[str, Any]:
         with reading(self.engine) as conn:

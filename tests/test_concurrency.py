@@ -64,5 +64,9 @@ def test_thirty_simultaneous_creates_give_thirty_incidents(live_service):
     assert [r.status_code for r in responses] == [201] * 30
     ids = {r.json()["incident_id"] for r in responses}
     assert len(ids) == 30
+    # Recorded in shared statements (group commit), each still got its own assignee and events.
+    assert {r.json()["assigned_to"] for r in responses} == {"alice@example.com"}
     for incident_id in ids:
-        assert requests.get(f"{url}/{incident_id}", timeout=10).status_code == 200
+        assert requests.get(f"{url}/{incident_id}", timeout=10).json()["assigned_to"] == "alice@example.com"
+        events = requests.get(f"{url}/{incident_id}/events", timeout=10).json()["events"]
+        assert [e["type"] for e in events] == ["created", "assigned", "notified"]

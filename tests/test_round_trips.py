@@ -4,11 +4,14 @@ what a request costs (README, Performance): a change that adds one to a hot path
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
+from incident_app import tables
 from incident_app.db import Bound, execute_together, single_statement, transaction
+from incident_app.repository.first_contacts import FirstContact
 from incident_app.tables import incident_events
 
 postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -166,3 +169,41 @@ def test_statements_run_together_may_not_share_a_parameter_name(app):
     insert = incident_events.insert().values(type=sa.bindparam("type"))
     with single_statement(app.extensions["engine"]) as conn, pytest.raises(ValueError, match="share a parameter"):
         execute_together(conn, Bound(sa.select(sa.bindparam("type")), {"type": "a"}), Bound(insert, {"type": "b"}))
+
+
+def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, client, sent, oncall, notifier):
+    """The group commit's statement (repository.first_contacts), for several incidents at once: each
+    gets its own assignee and events, and one assigned meanwhile keeps its assignee."""
+    oncall.respond(404, {"code": 404, "status": "Not Found", "message": "no schedule"})
+    notifier.respond(503, {"error": "down"})  # the notifications stay pending, to be delivered below
+    ids = [client.post("/api/v1/incidents", json={**NEW, "title": f"storm {i}"}).json["incident_id"] for i in range(3)]
+    assert client.patch(f"/api/v1/incidents/{ids[2]}", json={"assigned_to": "carol"}).status_code == 200
+    engine = app.extensions["engine"]
+    with engine.connect() as conn:
+        incidents = {row.incident_id: row for row in conn.execute(
+            sa.select(tables.incidents).where(tables.incidents.c.incident_id.in_(ids)))}
+        outbox = tables.notification_outbox
+        ours = outbox.c.incident_id.in_([row.id for row in incidents.values()])
+        pending = {row.incident_id: row for row in conn.execute(sa.select(outbox).where(ours))}
+    now = datetime.now(UTC)
+    contacts = []
+    for incident_id in ids:
+        notification = pending[incidents[incident_id].id]
+        contacts.append(FirstContact(
+            incidents[incident_id].id, "alice@example.com", now, notification.id, 2,
+            {**notification.payload, "engineer": "alice@example.com"}, {"attempt": 2, "marker": incident_id}, now,
+        ))
+    sent.clear()
+    recorded = app.extensions["incident_service"]._record_first_contacts(contacts)
+    assert sent == [("WITH", True)]
+    assert [row.assigned_to if row else None for row in recorded] == ["alice@example.com"] * 2 + [None]
+    for incident_id, expected in zip(ids, ["alice@example.com", "alice@example.com", "carol"], strict=True):
+        assert client.get(f"/api/v1/incidents/{incident_id}").json["assigned_to"] == expected
+        timeline = client.get(f"/api/v1/incidents/{incident_id}/events").json["events"]
+        assigned = [e["details"] for e in timeline if e["type"] == "assigned"]
+        assert assigned == ([{"assigned_to": "alice@example.com"}] if expected != "carol" else [])
+        assert [e["details"] for e in timeline if e["type"] == "notified"] == [{"attempt": 2, "marker": incident_id}]
+    with engine.connect() as conn:
+        delivered = conn.execute(sa.select(outbox).where(ours)).all()
+    states = [(row.state, row.attempts, row.payload["engineer"]) for row in delivered]
+    assert states == [("sent", 2, "alice@example.com")] * 3

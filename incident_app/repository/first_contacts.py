@@ -1,0 +1,94 @@
+"""PostgreSQL: what the creates learnt after their commit (who is on call, whether the notification
+went out), recorded for many new incidents in one statement (service: group commit)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Row
+
+from incident_app.repository import events
+from incident_app.repository.outbox import PENDING, SENT
+from incident_app.tables import incident_events, incidents, notification_outbox
+
+
+@dataclass(frozen=True)
+class FirstContact:
+    """A new incident's on-call assignee as of `assigned_at` (None: nobody on call), and its
+    notification delivered: the outbox row as sent, and its `notified` event."""
+
+    incident_pk: uuid.UUID
+    assignee: str | None
+    assigned_at: datetime
+    notification_id: uuid.UUID
+    attempts: int
+    payload: Mapping[str, Any]
+    notified: Mapping[str, Any]  # the `notified` event's details
+    sent_at: datetime
+
+
+def record(conn: Connection, contacts: Sequence[FirstContact]) -> dict[uuid.UUID, Row]:
+    """Each incident gets its assignee, with an `assigned` event, unless it has one already (someone
+    assigned it meanwhile: theirs stands); each notification is marked sent (if still pending) with
+    its `notified` event. Returns the incidents it assigned, by primary key."""
+    columns = {name: [getattr(contact, name) for contact in contacts] for name in _INPUT}
+    rows = conn.execute(_RECORD, columns).all()
+    return {row.id: row for row in rows}
+
+
+_TIMESTAMP = postgresql.TIMESTAMP(timezone=True)
+_INPUT = {
+    "incident_pk": sa.Uuid(),
+    "assignee": sa.String(),
+    "assigned_at": _TIMESTAMP,
+    "notification_id": sa.Uuid(),
+    "attempts": sa.Integer(),
+    "payload": postgresql.JSONB(),
+    "notified": postgresql.JSONB(),
+    "sent_at": _TIMESTAMP,
+}
+
+
+def _record_statement() -> sa.Select:
+    # One row per contact, from one array per field: a single statement whatever their number.
+    arrays = (sa.bindparam(name, type_=postgresql.ARRAY(type_)) for name, type_ in _INPUT.items())
+    contact = sa.select(
+        sa.func.unnest(*arrays).table_valued(*(sa.column(name, type_) for name, type_ in _INPUT.items()))
+        .render_derived(name="contact")
+    ).cte("contacts")
+    assigned = (
+        incidents.update()
+        .where(incidents.c.id == contact.c.incident_pk, incidents.c.assigned_to.is_(None),
+               contact.c.assignee.is_not(None))
+        .values(assigned_to=contact.c.assignee, updated_at=contact.c.assigned_at)
+        .returning(*incidents.c)
+        .cte("assigned")
+    )
+
+    def timeline(event_type: str, source: sa.FromClause, pk: Any, details: Any, at: Any) -> sa.CTE:
+        kind = sa.cast(sa.literal_column(f"'{event_type}'"), incident_events.c.type.type)
+        rows = sa.select(pk, kind, sa.null(), details, at).select_from(source)
+        return incident_events.insert().from_select(events.COLUMNS, rows).cte(f"{event_type}_events")
+
+    o = notification_outbox.c
+    sent = (
+        notification_outbox.update()
+        .where(o.id == contact.c.notification_id, o.state == PENDING)
+        .values(state=SENT, attempts=contact.c.attempts, finished_at=contact.c.sent_at, payload=contact.c.payload)
+        .cte("sent")
+    )
+    assigned_to = sa.func.jsonb_build_object(sa.literal_column("'assigned_to'"), assigned.c.assigned_to)
+    return sa.select(*assigned.c).add_cte(
+        timeline("assigned", assigned, assigned.c.id, assigned_to, assigned.c.updated_at),
+        sent,
+        timeline("notified", contact, contact.c.incident_pk, contact.c.notified, contact.c.sent_at),
+    )
+
+
+_RECORD = _record_statement()
