@@ -16,6 +16,7 @@ import psycopg2
 import psycopg2.extensions
 import sqlalchemy as sa
 from psycogreen.gevent import gevent_wait_callback
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from incident_app.settings import Settings
@@ -257,6 +258,22 @@ def bind(table: sa.Table, columns: Sequence[str], prefix: str) -> dict[str, sa.B
 def prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """`values` under the names `bind` gives their parameters."""
     return {prefix + name: value for name, value in values.items()}
+
+
+def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
+    """PostgreSQL: the INSERT of any number of rows given as one array per column (`arrays` makes
+    them, named `prefix` + column): a single statement, built once, however many rows."""
+    def array(column: sa.Column[Any]) -> postgresql.ARRAY[Any]:
+        # dimensions=1: a JSON value that is a list is one element, not a further dimension.
+        return postgresql.ARRAY(postgresql.JSONB() if isinstance(column.type, sa.JSON) else column.type, dimensions=1)
+
+    values = sa.func.unnest(*(sa.bindparam(prefix + name, type_=array(table.c[name])) for name in columns))
+    return table.insert().from_select(columns, sa.select(values.table_valued(*columns).render_derived()))
+
+
+def arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str) -> dict[str, list[Any]]:
+    """The parameters of `insert_arrays` for `rows` (a column a row lacks is null)."""
+    return {prefix + name: [row.get(name) for row in rows] for name in columns}
 
 
 def execute_together(conn: Connection, first: Bound, *others: Bound | None) -> list[sa.Row]:

@@ -65,9 +65,9 @@ class NotificationOutbox:
     def prepare(
         self, *, incident_pk: uuid.UUID, incident_id: str, severity: str, engineer: str, message: str,
         now: datetime, hold: timedelta = timedelta(0),
-    ) -> tuple[Pending, Bound]:
-        """A notification and the INSERT that writes it with the change that causes it, leased to the
-        caller for one try.
+    ) -> tuple[Pending, dict[str, Any]]:
+        """A notification and its outbox row, to be written with the change that causes it, leased
+        to the caller for one try.
 
         `hold` lengthens the lease for a caller with work to do before that try (the on-call lookup):
         should it die meanwhile, the background delivers the row as it stands once the lease ends.
@@ -81,19 +81,19 @@ class NotificationOutbox:
             "severity": severity,
             "notification_id": str(notification_id),
         }
-        statement = queue.enqueue(
+        row = queue.new_row(
             notification_id=notification_id, incident_pk=incident_pk, payload=payload, now=now,
             first_attempt_at=now + self.lease + hold,
         )
-        return Pending(notification_id, incident_pk, payload), statement
+        return Pending(notification_id, incident_pk, payload), row
 
     def enqueue(self, conn: Connection, *, incident: Row, engineer: str, message: str, now: datetime) -> Pending:
         """Write the notification in the caller's transaction, leased to the caller for one try."""
-        pending, statement = self.prepare(
+        pending, row = self.prepare(
             incident_pk=incident.id, incident_id=incident.incident_id, severity=incident.severity,
             engineer=engineer, message=message, now=now,
         )
-        statement.execute(conn)
+        queue.enqueue(row).execute(conn)
         return pending
 
     def readdress(self, conn: Connection, pending: Pending, *, engineer: str) -> Pending:

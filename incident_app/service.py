@@ -166,7 +166,9 @@ class IncidentService:
         self.clock = clock
         # Concurrent requests for the same analytics share one computation; by default none is reused.
         self.analytics_cache = analytics_cache or AnalyticsCache(max_age=0)
+        # PostgreSQL: the creates of the moment in this process share their statements (group commit).
         postgres = engine.dialect.name == "postgresql"
+        self._creations = GroupCommit(self._insert_new_incidents) if postgres else None
         self._first_contacts = GroupCommit(self._record_first_contacts) if postgres else None
 
     # ------------------------------------------------------------------ create
@@ -252,6 +254,10 @@ class IncidentService:
                         extra={"assignee": assignee})
             return row
 
+    def _insert_new_incidents(self, new: list[repo.NewIncident]) -> list[Row]:
+        with single_statement(self.engine) as conn:
+            return repo.insert_new_incidents(conn, new)
+
     def _record_first_contacts(self, contacts: list[FirstContact]) -> list[Row | None]:
         with single_statement(self.engine) as conn:
             assigned = first_contacts.record(conn, contacts)
@@ -289,24 +295,25 @@ class IncidentService:
             if alert_ids:
                 timeline.append(events.event(values["id"], "alerts_linked", at=now,
                                              details={"alert_ids": [str(a) for a in alert_ids]}))
-            pending, enqueue = self.outbox.prepare(
+            pending, notification = self.outbox.prepare(
                 incident_pk=values["id"], incident_id=values["incident_id"], severity=values["severity"],
                 engineer=values["service"], message=notification_message(**values), now=now,
                 hold=self.oncall_lookup_bound,
             )
-            dialect = self.engine.dialect.name
-            writes = (repo.insert_links(values["id"], alert_ids, now, dialect=dialect),
-                      events.insert_events(*timeline, dialect=dialect), enqueue)
+            new = repo.NewIncident(values, repo.links(values["id"], alert_ids, now), timeline, notification)
             try:
-                if reservation is None:
+                if reservation is None and self._creations is not None:
+                    row = self._creations.submit(new)
+                elif reservation is None:
                     with single_statement(self.engine) as conn:
-                        (row,) = execute_together(conn, repo.insert_incident(values), *writes)
+                        (row,) = repo.insert_new_incidents(conn, [new])
                 else:
                     with transaction(self.engine, write=True) as conn:
-                        (row,) = execute_together(conn, repo.insert_incident(values), *writes)
+                        (row,) = repo.insert_new_incidents(conn, [new])
                         self.idempotency.attach(conn, reservation, row.id)
             except sa.exc.IntegrityError:
-                # 64 random bits: a collision is rare, and is met with a new id, never a 500.
+                # 64 random bits: a collision is rare, and is met with a new id, never a 500. (In a
+                # group commit, every create of the statement tries again, each with a new id.)
                 if attempt == _ID_ATTEMPTS:
                     raise
                 log.warning("incident id collision, retrying", extra={"attempt": attempt})

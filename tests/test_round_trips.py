@@ -3,6 +3,7 @@ what a request costs (README, Performance): a change that adds one to a hot path
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -11,6 +12,9 @@ import sqlalchemy as sa
 
 from incident_app import tables
 from incident_app.db import Bound, execute_together, single_statement, transaction
+from incident_app.repository import events
+from incident_app.repository import incidents as repo
+from incident_app.repository import outbox as outbox_queue
 from incident_app.repository.first_contacts import FirstContact
 from incident_app.tables import incident_events
 
@@ -207,3 +211,37 @@ def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, cl
         delivered = conn.execute(sa.select(outbox).where(ours)).all()
     states = [(row.state, row.attempts, row.payload["engineer"]) for row in delivered]
     assert states == [("sent", 2, "alice@example.com")] * 3
+
+
+def test_new_incidents_of_several_creates_are_stored_in_one_statement(app, client, sent):
+    """The group commit's first statement (repository.insert_new_incidents), for several incidents:
+    each with its own links, timeline (in order) and notification."""
+    now = datetime.now(UTC)
+    new = []
+    for i, alert_count in enumerate((0, 1, 3)):
+        pk, alert_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(alert_count)]
+        values = {**NEW, "title": f"storm {i}", "id": pk, "incident_id": f"inc-{i:016x}", "status": "open",
+                  "notes": [], "created_at": now, "updated_at": now}
+        timeline = [events.event(pk, "created", at=now, details={"title": values["title"]})]
+        if alert_ids:
+            linked = {"alert_ids": [str(a) for a in alert_ids]}
+            timeline.append(events.event(pk, "alerts_linked", at=now, details=linked))
+        notification = outbox_queue.new_row(notification_id=uuid.uuid4(), incident_pk=pk, payload={"n": i}, now=now,
+                                            first_attempt_at=now)
+        new.append(repo.NewIncident(values, repo.links(pk, alert_ids, now), timeline, notification))
+    sent.clear()
+    rows = app.extensions["incident_service"]._insert_new_incidents(new)
+    assert sent == [("WITH", True)]
+    assert [row.incident_id for row in rows] == [f"inc-{i:016x}" for i in range(3)]
+    for incident, row in zip(new, rows, strict=True):
+        document = client.get(f"/api/v1/incidents/{row.incident_id}").json
+        assert (document["title"], document["status"]) == (incident.values["title"], "open")
+        assert document["description"] is None  # a column a create leaves out is null
+        linked = sorted(str(link["alert_id"]) for link in incident.links)
+        assert sorted(alert["alert_id"] for alert in document["alerts"]) == linked
+        timeline = client.get(f"/api/v1/incidents/{row.incident_id}/events").json["events"]
+        assert [e["type"] for e in timeline] == [e["type"] for e in incident.timeline]
+    outbox = tables.notification_outbox
+    with app.extensions["engine"].connect() as conn:
+        payloads = conn.execute(sa.select(outbox.c.payload).where(outbox.c.incident_id.in_([r.id for r in rows])))
+        assert sorted(payload["n"] for payload in payloads.scalars()) == [0, 1, 2]

@@ -15,9 +15,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import Bound, autocommitting, bind, execute_together, prefixed
+from incident_app.db import Bound, arrays, autocommitting, bind, execute_together, insert_arrays, prefixed
 from incident_app.repository import events
-from incident_app.tables import UTCDateTime, incident_alerts, incident_counts, incidents
+from incident_app.repository import outbox as outbox_queue
+from incident_app.tables import (
+    UTCDateTime,
+    incident_alerts,
+    incident_counts,
+    incident_events,
+    incidents,
+    notification_outbox,
+)
 
 T = TypeVar("T")
 
@@ -33,9 +41,55 @@ class ListFilters:
         return [table.c[name] == value for name, value in vars(self).items() if value is not None]
 
 
-def insert_incident(values: Mapping[str, Any]) -> Bound:
-    """The INSERT of a new incident, returning the stored row."""
-    return Bound(_insert_incident(tuple(values)), prefixed(values, "incident_"))
+@dataclass(frozen=True)
+class NewIncident:
+    """A new incident's rows: the incident (its NEW_COLUMNS), its alert links, its timeline and its
+    notification's outbox row."""
+
+    values: Mapping[str, Any]
+    links: Sequence[Mapping[str, Any]]
+    timeline: Sequence[Mapping[str, Any]]
+    notification: Mapping[str, Any]
+
+
+NEW_COLUMNS = ("id", "incident_id", "title", "description", "service", "severity", "status", "notes",
+               "created_at", "updated_at")
+_LINK_COLUMNS = ("incident_id", "alert_id", "linked_at")
+
+
+def insert_new_incidents(conn: Connection, new: Sequence[NewIncident]) -> list[Row]:
+    """Store new incidents with their rows; the stored incidents, in order.
+
+    PostgreSQL: one statement for any number of them, each table's rows given as arrays (the
+    service's group commit hands it the creates of the moment). SQLite: one incident at a time.
+    """
+    if conn.dialect.name != "postgresql":
+        return [_insert_new_incident(conn, incident) for incident in new]
+    parameters = {
+        **arrays([incident.values for incident in new], NEW_COLUMNS, "incident_"),
+        **arrays([link for incident in new for link in incident.links], _LINK_COLUMNS, "link_"),
+        **arrays([event for incident in new for event in incident.timeline], events.COLUMNS, "event_"),
+        **arrays([incident.notification for incident in new], outbox_queue.ENQUEUED, "notification_"),
+    }
+    stored = {row.id: row for row in conn.execute(_INSERT_NEW, parameters)}
+    return [stored[incident.values["id"]] for incident in new]
+
+
+# Links and events keep their order within each array: a timeline's serial ids follow it.
+_INSERT_NEW = (
+    insert_arrays(incidents, NEW_COLUMNS, "incident_").returning(*incidents.c)
+    .add_cte(insert_arrays(incident_alerts, _LINK_COLUMNS, "link_").cte("links"),
+             insert_arrays(incident_events, events.COLUMNS, "event_").cte("timeline"),
+             insert_arrays(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"))
+)
+
+
+def _insert_new_incident(conn: Connection, new: NewIncident) -> Row:
+    insert = Bound(_insert_incident(tuple(new.values)), prefixed(new.values, "incident_"))
+    links = Bound(incident_alerts.insert(), list(new.links)) if new.links else None
+    (row,) = execute_together(conn, insert, links, events.insert_events(*new.timeline, dialect=conn.dialect.name),
+                              outbox_queue.enqueue(new.notification))
+    return row
 
 
 @functools.cache
@@ -43,30 +97,8 @@ def _insert_incident(columns: tuple[str, ...]) -> sa.Insert:
     return incidents.insert().values(bind(incidents, columns, "incident_")).returning(*incidents.c)
 
 
-def insert_links(
-    incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime, *, dialect: str
-) -> Bound | None:
-    """The INSERT linking a new incident's (distinct) alerts; None when there are none. On PostgreSQL
-    one statement for any number of them (unnest), to run with the incident's INSERT."""
-    if not alert_ids:
-        return None
-    if dialect != "postgresql":
-        return Bound(incident_alerts.insert(), _links(incident_pk, alert_ids, now))
-    values = {"incident_id": incident_pk, "alert_ids": list(alert_ids), "linked_at": now}
-    return Bound(_INSERT_LINKS, prefixed(values, "link_"))
-
-
-_INSERT_LINKS = incident_alerts.insert().from_select(
-    ["incident_id", "alert_id", "linked_at"],
-    sa.select(
-        sa.bindparam("link_incident_id", type_=incident_alerts.c.incident_id.type),
-        sa.func.unnest(sa.bindparam("link_alert_ids", type_=postgresql.ARRAY(sa.Uuid()))),
-        sa.bindparam("link_linked_at", type_=incident_alerts.c.linked_at.type),
-    ),
-)
-
-
-def _links(incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
+def links(incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
+    """The rows linking alerts to an incident."""
     return [{"incident_id": incident_pk, "alert_id": alert_id, "linked_at": now} for alert_id in alert_ids]
 
 
@@ -238,7 +270,7 @@ def _page_json(filtered_on: tuple[str, ...]) -> sa.Select:
 
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
-    rows = _links(incident_pk, alert_ids, now)
+    rows = links(incident_pk, alert_ids, now)
     if not rows:
         return 0
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert

@@ -17,9 +17,9 @@ from incident_app.tables import notification_outbox
 PENDING, SENT, EXPIRED = "pending", "sent", "expired"
 
 
-_ENQUEUED = ("id", "incident_id", "payload", "state", "attempts", "created_at", "next_attempt_at")
-# Built once, values bound at execution (db.Bound): both run with the statement of a create.
-_ENQUEUE = notification_outbox.insert().values(bind(notification_outbox, _ENQUEUED, "notification_"))
+ENQUEUED = ("id", "incident_id", "payload", "state", "attempts", "created_at", "next_attempt_at")
+# Built once, values bound at execution (db.Bound).
+_ENQUEUE = notification_outbox.insert().values(bind(notification_outbox, ENQUEUED, "notification_"))
 _MARK_SENT = (
     notification_outbox.update()
     .where(notification_outbox.c.id == sa.bindparam("sent_id"), notification_outbox.c.state == PENDING)
@@ -27,13 +27,17 @@ _MARK_SENT = (
 )
 
 
-def enqueue(
+def new_row(
     *, notification_id: uuid.UUID, incident_pk: uuid.UUID, payload: Mapping[str, Any], now: datetime,
     first_attempt_at: datetime,
-) -> Bound:
-    values = {"id": notification_id, "incident_id": incident_pk, "payload": dict(payload), "state": PENDING,
-              "attempts": 0, "created_at": now, "next_attempt_at": first_attempt_at}
-    return Bound(_ENQUEUE, prefixed(values, "notification_"))
+) -> dict[str, Any]:
+    """A pending notification's row (its ENQUEUED columns), first tried at `first_attempt_at`."""
+    return {"id": notification_id, "incident_id": incident_pk, "payload": dict(payload), "state": PENDING,
+            "attempts": 0, "created_at": now, "next_attempt_at": first_attempt_at}
+
+
+def enqueue(row: Mapping[str, Any]) -> Bound:
+    return Bound(_ENQUEUE, prefixed(row, "notification_"))
 
 
 def claim_due(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
