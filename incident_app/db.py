@@ -260,15 +260,21 @@ def prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {prefix + name: value for name, value in values.items()}
 
 
-def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
-    """PostgreSQL: the INSERT of any number of rows given as one array per column (`arrays` makes
-    them, named `prefix` + column): a single statement, built once, however many rows."""
-    def array(column: sa.Column[Any]) -> postgresql.ARRAY[Any]:
+def unnest_arrays(columns: Mapping[str, Any], prefix: str, name: str | None = None) -> sa.TableValuedAlias:
+    """PostgreSQL: rows given as one array per column (`arrays` makes them), `columns` mapping each
+    column's name to its type, bound as `prefix` + name: one statement, built once, for any number."""
+    def array(type_: Any) -> postgresql.ARRAY[Any]:
         # dimensions=1: a JSON value that is a list is one element, not a further dimension.
-        return postgresql.ARRAY(postgresql.JSONB() if isinstance(column.type, sa.JSON) else column.type, dimensions=1)
+        return postgresql.ARRAY(postgresql.JSONB() if isinstance(type_, sa.JSON) else type_, dimensions=1)
 
-    values = sa.func.unnest(*(sa.bindparam(prefix + name, type_=array(table.c[name])) for name in columns))
-    return table.insert().from_select(columns, sa.select(values.table_valued(*columns).render_derived()))
+    values = sa.func.unnest(*(sa.bindparam(prefix + column, type_=array(type_)) for column, type_ in columns.items()))
+    return values.table_valued(*(sa.column(column, type_) for column, type_ in columns.items())).render_derived(name)
+
+
+def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
+    """PostgreSQL: the INSERT of any number of rows of `table`, given as arrays (`unnest_arrays`)."""
+    rows = unnest_arrays({name: table.c[name].type for name in columns}, prefix)
+    return table.insert().from_select(columns, sa.select(rows))
 
 
 def arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str) -> dict[str, list[Any]]:

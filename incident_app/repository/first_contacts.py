@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
+from incident_app.db import arrays, unnest_arrays
 from incident_app.repository import events
 from incident_app.repository.outbox import PENDING, SENT
 from incident_app.tables import incident_events, incidents, notification_outbox
@@ -37,8 +38,7 @@ def record(conn: Connection, contacts: Sequence[FirstContact]) -> dict[uuid.UUID
     """Each incident gets its assignee, with an `assigned` event, unless it has one already (someone
     assigned it meanwhile: theirs stands); each notification is marked sent (if still pending) with
     its `notified` event. Returns the incidents it assigned, by primary key."""
-    columns = {name: [getattr(contact, name) for contact in contacts] for name in _INPUT}
-    rows = conn.execute(_RECORD, columns).all()
+    rows = conn.execute(_RECORD, arrays([vars(contact) for contact in contacts], _INPUT, "")).all()
     return {row.id: row for row in rows}
 
 
@@ -57,11 +57,7 @@ _INPUT = {
 
 def _record_statement() -> sa.Select:
     # One row per contact, from one array per field: a single statement whatever their number.
-    arrays = (sa.bindparam(name, type_=postgresql.ARRAY(type_)) for name, type_ in _INPUT.items())
-    contact = sa.select(
-        sa.func.unnest(*arrays).table_valued(*(sa.column(name, type_) for name, type_ in _INPUT.items()))
-        .render_derived(name="contact")
-    ).cte("contacts")
+    contact = sa.select(unnest_arrays(_INPUT, "", "contact")).cte("contacts")
     assigned = (
         incidents.update()
         .where(incidents.c.id == contact.c.incident_pk, incidents.c.assigned_to.is_(None),
