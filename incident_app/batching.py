@@ -11,13 +11,14 @@ R = TypeVar("R")
 
 
 class _Entry(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "result", "wake")
+    __slots__ = ("done", "error", "item", "leads", "result", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.result: R | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.leads = False  # its caller writes the next batch
         self.wake = threading.Event()  # set when done, or when it is this entry's turn to write
 
 
@@ -48,15 +49,38 @@ class GroupCommit(Generic[T, R]):
         entry: _Entry[T, R] = _Entry(item)
         with self._lock:
             self._queue.append(entry)
-            lead = not self._writing
+            entry.leads = not self._writing
             self._writing = True
-        if not lead:
-            entry.wake.wait()
+        if not entry.leads:
+            try:
+                self._wait(entry)
+            except BaseException:
+                self._withdraw(entry)
+                raise
         if not entry.done:  # our turn: the batch includes our entry, first in the queue
             self._write_next_batch()
         if entry.error is not None:
             raise entry.error
         return entry.result  # type: ignore[return-value]
+
+    @staticmethod
+    def _wait(entry: _Entry[T, R]) -> None:
+        entry.wake.wait()
+
+    def _withdraw(self, entry: _Entry[T, R]) -> None:
+        """A caller that stopped waiting (its greenlet killed, say) leaves the queue, and passes the
+        turn to write on if it had been given it: the callers behind it must not wait forever."""
+        with self._lock:
+            if entry in self._queue:
+                self._queue.remove(entry)
+            if not entry.leads or entry.done:
+                return
+            following = self._queue[0] if self._queue else None
+            self._writing = following is not None
+            if following is not None:
+                following.leads = True
+        if following is not None:
+            following.wake.set()
 
     def _write_next_batch(self) -> None:
         with self._lock:
@@ -74,6 +98,8 @@ class GroupCommit(Generic[T, R]):
             with self._lock:
                 following = self._queue[0] if self._queue else None
                 self._writing = following is not None
+                if following is not None:
+                    following.leads = True
             for entry in batch:
                 entry.done = True
                 entry.wake.set()

@@ -93,3 +93,43 @@ def test_a_write_answering_for_fewer_items_than_it_was_given_is_an_error_for_eac
     group: GroupCommit[int, int] = GroupCommit(lambda items: [])
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         group.submit(1)
+
+
+class GaveUp(Exception):
+    pass
+
+
+@pytest.mark.parametrize("when", ["while queued", "when handed the turn to write"])
+def test_a_caller_that_stops_waiting_holds_nobody_up(when):
+    """A waiting caller can be interrupted (a killed greenlet, say): it leaves the queue, and if it
+    had just been given the turn to write, the next caller takes it instead of everyone waiting."""
+
+    class Quitting(GroupCommit):
+        @staticmethod
+        def _wait(entry) -> None:
+            if entry.item == 1 and when == "while queued":
+                assert wait_until(lambda: group.waiting() == 3, timeout=10)
+                raise GaveUp()
+            assert entry.wake.wait(10), "nobody took the turn to write"  # a failure, not a hang
+            if entry.item == 1 and not entry.done:
+                raise GaveUp()
+
+    writes = HeldWrites()
+    group = Quitting(writes)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(group.submit, 0)
+        assert writes.writing.wait(10)
+        quitter = pool.submit(group.submit, 1)
+        assert wait_until(lambda: group.waiting() == 1, timeout=10)
+        others = [pool.submit(group.submit, 2), pool.submit(group.submit, 3)]
+        if when == "while queued":
+            with pytest.raises(GaveUp):
+                quitter.result(10)
+            assert group.waiting() == 2
+        writes.release.set()
+        assert first.result(10) == "wrote 0"
+        assert [future.result(10) for future in others] == ["wrote 2", "wrote 3"]
+        with pytest.raises(GaveUp):
+            quitter.result(10)
+    assert writes.batches == [[0], [2, 3]]
+    assert group.submit(4) == "wrote 4"  # nobody is left writing
