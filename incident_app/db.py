@@ -278,7 +278,7 @@ def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.In
 
 
 def arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str) -> dict[str, list[Any]]:
-    """The parameters of `insert_arrays` for `rows` (a column a row lacks is null)."""
+    """The parameters of `unnest_arrays` (and `insert_arrays`) for `rows`: a column a row lacks is null."""
     return {prefix + name: [row.get(name) for row in rows] for name in columns}
 
 

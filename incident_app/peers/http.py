@@ -33,7 +33,7 @@ class PeerClient:
     """Calls to one peer, each a request prepared by requests and sent by its transport adapter.
 
     Not through a requests.Session: its cookies, redirects, hooks and environment settings are of
-    no use between services, and cost 0.15 ms of CPU a call (a third of one; two calls per create).
+    no use between services, and cost 0.13 ms of CPU a call (0.60 ms against 0.47; two calls per create).
     """
 
     def __init__(self, transport: HTTPAdapter, base_url: str, timeout: float) -> None:

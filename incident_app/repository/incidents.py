@@ -176,10 +176,11 @@ def update_if_unchanged(
 def _update_if_unchanged(columns: tuple[str, ...], unchanged: tuple[str, ...]) -> sa.Update:
     # Built once per shape, its values bound at execution (db.Bound): a CTE returning every column
     # costs more to build and cache-key (0.6 ms) than the round trip it saves.
+    was = bind(incidents, unchanged, "was_")
     return (
         incidents.update()
         .where(incidents.c.id == sa.bindparam("pk"),
-               *(incidents.c[name].is_not_distinct_from(bind(incidents, [name], "was_")[name]) for name in unchanged))
+               *(incidents.c[name].is_not_distinct_from(was[name]) for name in unchanged))
         .values(bind(incidents, columns, "new_"))
         .returning(*incidents.c)
     )
