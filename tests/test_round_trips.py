@@ -41,6 +41,13 @@ def sent(app) -> Iterator[list[tuple[str, bool]]]:
     sa.event.remove(engine, "before_cursor_execute", record)
 
 
+def executed(sent: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """What `sent` recorded less the PREPAREs, each sent once per connection, before the connection's
+    first EXECUTE of that statement (db.execute_prepared)."""
+    assert all(autocommit for keyword, autocommit in sent if keyword == "PREPARE")
+    return [statement for statement in sent if statement[0] != "PREPARE"]
+
+
 def test_create_is_two_statements_each_committing_by_itself(client, sent, oncall, notifier):
     body = {**NEW, "alert_ids": ["5b1c0a52-8f6e-4c61-9d2a-0c8f7e3b2a10"]}
     client.post("/api/v1/incidents", json=body)  # looks the platform's alerts table up (once a minute)
@@ -90,8 +97,10 @@ def test_hot_paths_are_compiled_once_and_then_taken_from_sqlalchemys_cache(app, 
 def test_get_one_is_one_statement_outside_any_transaction(client, sent):
     incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
     sent.clear()
-    assert client.get(f"/api/v1/incidents/{incident_id}").status_code == 200
-    assert sent == [("SELECT", True)]
+    for _ in range(3):
+        sent.clear()
+        assert client.get(f"/api/v1/incidents/{incident_id}").status_code == 200
+        assert executed(sent) == [("EXECUTE", True)]
 
 
 @pytest.mark.parametrize("query", ["", "?status=open", "?severity=high&service=payments&offset=1"])
@@ -101,7 +110,7 @@ def test_list_page_and_total_are_one_statement(client, sent, query):
     sent.clear()
     page = client.get(f"/api/v1/incidents{query}")
     assert page.status_code == 200
-    assert sent == [("SELECT", True)]
+    assert executed(sent) == [("EXECUTE", True)]
 
 
 def test_acknowledge_reads_then_writes_row_and_event_in_one_statement(client, sent):
@@ -111,7 +120,7 @@ def test_acknowledge_reads_then_writes_row_and_event_in_one_statement(client, se
     assert acknowledged.json["status"] == "acknowledged"
     # No transaction: the incident with its alerts, then the UPDATE (if the status is still as read)
     # with its timeline event as a CTE, each committing by itself.
-    assert sent == [("SELECT", True), ("WITH", True)]
+    assert executed(sent) == [("EXECUTE", True), ("WITH", True)]
 
 
 def test_same_status_again_writes_nothing(client, sent):
@@ -120,7 +129,7 @@ def test_same_status_again_writes_nothing(client, sent):
     sent.clear()
     again = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
     assert again.status_code == 200
-    assert sent == [("SELECT", True)]
+    assert executed(sent) == [("EXECUTE", True)]
 
 
 def test_a_transaction_only_leaves_autocommit_so_psycopg2_sends_no_set_before_it(app):

@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import Bound, arrays, autocommitting, bind, execute_together, insert_arrays, prefixed
+from incident_app.db import (
+    Bound,
+    arrays,
+    autocommitting,
+    bind,
+    execute_prepared,
+    execute_together,
+    insert_arrays,
+    prefixed,
+)
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
 from incident_app.tables import (
@@ -223,7 +232,7 @@ def list_page_json(conn: Connection, filters: ListFilters, *, limit: int, offset
     """
     given = {name: value for name, value in vars(filters).items() if value is not None}
     statement = _page_json(tuple(given))
-    return conn.execute(statement, {**given, "limit": limit, "offset": offset}).scalar_one()
+    return execute_prepared(conn, statement, {**given, "limit": limit, "offset": offset}).scalar_one()
 
 
 # A list item's fields beyond the stored columns, as the service computes them (service.incident_document).
@@ -266,7 +275,7 @@ def _page_json(filtered_on: tuple[str, ...]) -> sa.Select:
         "offset": sa.bindparam("offset"),
     })
     # As text: psycopg2 would otherwise decode the json into Python objects.
-    return sa.select(sa.cast(document, sa.Text)).select_from(page)
+    return sa.select(sa.cast(document, sa.Text).label("page")).select_from(page)
 
 
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
@@ -354,7 +363,7 @@ def find_incident_with_alerts(
     `for_update` locks the incident's row (PostgreSQL; SQLite's write transaction holds the lock)."""
 
     def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
-        rows = conn.execute(_incident_with_alerts(enrich, for_update), {"incident_id": incident_id}).all()
+        rows = execute_prepared(conn, _incident_with_alerts(enrich, for_update), {"incident_id": incident_id}).all()
         if not rows:
             return None
         alerts = [_alert_entry(row._mapping) for row in rows if row._mapping["linked_alert_id"] is not None]
