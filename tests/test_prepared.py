@@ -105,3 +105,15 @@ def test_in_a_transaction_the_loss_fails_that_transaction_and_the_next_use_prepa
     for _ in range(2):
         with transaction(engine) as conn:
             assert len(execute_prepared(conn, BY_SERVICE, {"service": "payments"}).all()) == 3
+
+
+@postgresql_only
+def test_the_session_plans_a_prepared_statement_once_for_any_values(engine):
+    with reading(engine) as conn:
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_generic_plan"
+        execute_prepared(conn, BY_SERVICE, {"service": "payments"}).all()
+        execute_prepared(conn, BY_SERVICE, {"service": "billing"}).all()
+        plans = conn.exec_driver_sql(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE starts_with(name, 'incident_')"
+        ).one()
+    assert plans == (2, 0)

@@ -232,7 +232,12 @@ def list_page_json(conn: Connection, filters: ListFilters, *, limit: int, offset
     """
     given = {name: value for name, value in vars(filters).items() if value is not None}
     statement = _page_json(tuple(given))
-    return execute_prepared(conn, statement, {**given, "limit": limit, "offset": offset}).scalar_one()
+    parameters = {**given, "limit": limit, "offset": offset}
+    if len(given) > 1:
+        # Which index serves two filters best depends on their values (a plan for any values read
+        # up to 7 times longer at 1,000,000 rows): planned for the values, every time.
+        return conn.execute(statement, parameters).scalar_one()
+    return execute_prepared(conn, statement, parameters).scalar_one()
 
 
 # A list item's fields beyond the stored columns, as the service computes them (service.incident_document).
