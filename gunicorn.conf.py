@@ -11,6 +11,7 @@ from gevent import monkey
 monkey.patch_all()
 
 
+import gc
 import glob
 import logging
 import multiprocessing
@@ -121,6 +122,12 @@ def post_worker_init(worker):
         worker.log.warning("the WSGI app is not the incident service: no background work started")
     elif extensions["settings"].background_work:
         background.start()
+    # What the worker built to serve (modules, the app, its engine and schemas) lives as long as the
+    # worker: out of the collector's sight, a full collection no longer walks all of it while every
+    # request waits. Measured under list load: full collections took 73 ms before, 1.4–2.9 ms after,
+    # and list p99 fell from 76–80 to 63–67 ms in alternating runs.
+    gc.freeze()
+    worker.log.info("worker ready; %d objects frozen out of garbage collection", gc.get_freeze_count())
 
 
 def post_request(worker, req, environ, resp):

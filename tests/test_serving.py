@@ -90,3 +90,14 @@ def test_logs_are_json_lines_with_the_request_id(one_worker):
 def test_no_control_socket_is_left_in_home(one_worker):
     _, _, home = one_worker
     assert [p.name for p in home.rglob("*")] == []
+
+
+def test_a_worker_freezes_what_it_built_before_serving(one_worker):
+    """gunicorn.conf.py: a full garbage collection then skips the app's long-lived objects."""
+    service, log, _ = one_worker
+    assert requests.get(f"{service.url}/health/live", timeout=10).status_code == 200
+    ready = [json.loads(line)["message"] for line in log.read_text().splitlines()
+             if line.startswith("{") and "frozen out of garbage collection" in line]
+    assert len(ready) == 1
+    frozen = int(ready[0].split()[2])
+    assert frozen > 10_000  # the app and everything it imported, not a handful
