@@ -236,6 +236,8 @@ def test_page_written_by_postgresql_is_the_page_the_service_builds(client, app, 
         assert response.status_code == 200
     create(client, app, when=T0 + timedelta(seconds=2, microseconds=1), status="resolved")
     escalated = create(client, app, when=T0 + timedelta(hours=1))
+    for _ in range(3):  # created together: newest first, then by incident_id
+        create(client, app, when=T0 + timedelta(hours=2))
     engine = app.extensions["engine"]
     with engine.begin() as conn:
         conn.execute(sa.update(incidents).where(incidents.c.incident_id == escalated["incident_id"])
