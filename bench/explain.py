@@ -16,20 +16,32 @@ from incident_app.repository import analytics, incidents
 from incident_app.settings import Settings
 
 
-def _captured(engine: sa.Engine, call: Any) -> list[tuple[str, Any]]:
+def _explained(conn: sa.Connection, call: Any) -> list[str]:
+    """Run `call` on `conn`, recording what it sends, then EXPLAIN ANALYZE each statement on the same
+    connection. A prepared statement (db.execute_prepared) is explained as the service runs it,
+    `EXPLAIN EXECUTE` with its plan for any values, under the SQL of its PREPARE."""
     statements: list[tuple[str, Any]] = []
 
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        if "information_schema" not in statement:
+    def record(_conn, _cursor, statement, parameters, _context, _executemany) -> None:
+        if "information_schema" not in statement and not statement.startswith("PREPARE "):
             statements.append((statement, parameters))
 
-    sa.event.listen(engine, "before_cursor_execute", record)
+    sa.event.listen(conn, "before_cursor_execute", record)
     try:
-        with engine.begin() as conn:
-            call(conn)
+        call(conn)
     finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
-    return statements
+        sa.event.remove(conn, "before_cursor_execute", record)
+    out = []
+    for statement, parameters in statements:
+        shown = statement.strip()
+        if statement.startswith("EXECUTE "):
+            name = statement.split()[1].split("(")[0]
+            prepared = conn.exec_driver_sql(
+                "SELECT statement FROM pg_prepared_statements WHERE name = %(name)s", {"name": name}).scalar_one()
+            shown = f"{prepared.strip()};\n{statement.strip()}  -- {parameters}"
+        plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters).scalars().all()
+        out += ["```sql", shown, "```", "", "```", *plan, "```", ""]
+    return out
 
 
 def explain_report(url: str, rows: int, now: datetime) -> str:
@@ -50,11 +62,8 @@ def explain_report(url: str, rows: int, now: datetime) -> str:
         ("analytics, service=svc-05, last 30 days", lambda c: analytics.incident_analytics(c, month)),
     ]
     out = [f"# EXPLAIN ANALYZE at {rows:,} incidents", ""]
-    for title, call in cases:
-        out += [f"## {title}", ""]
-        for statement, parameters in _captured(engine, call):
-            with engine.connect() as conn:
-                plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters).scalars().all()
-            out += ["```sql", statement.strip(), "```", "", "```", *plan, "```", ""]
+    with engine.connect() as conn:
+        for title, call in cases:
+            out += [f"## {title}", "", *_explained(conn, call)]
     engine.dispose()
     return "\n".join(out)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from bench import run, seed
+from bench import explain, run, seed
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -59,6 +60,21 @@ def test_provisioned_incidents_are_open_and_distinct(bench_database):
     ids = seed.provision_open_incidents(bench_database, 500)
     assert len(set(ids)) == len(ids) >= 495  # a rare id clash is skipped, not fatal
     assert seed.count_open(bench_database, ids) == len(ids)
+
+
+def test_explain_shows_the_plans_the_service_runs(bench_database):
+    seed.migrate_and_seed(bench_database, 2000)
+    report = explain.explain_report(bench_database, 2000, datetime.now(UTC))
+    sections = report.split("\n## ")[1:]
+    assert [s.split("\n", 1)[0] for s in sections] == [
+        "list, no filter", "list, status=open", "list, severity=high", "list, service=svc-10", "list, offset=1000",
+        "analytics, no filter", "analytics, service=svc-05, last 30 days"]
+    for section in sections:
+        assert "Execution Time" in section, section
+    # Lists run prepared: explained as EXECUTE under the SQL of their PREPARE, newest first from an index.
+    for section in sections[:5]:
+        assert "PREPARE incident_" in section and "\nEXECUTE incident_" in section
+        assert "Index Scan" in section and "Sort  " not in section.split("Limit", 1)[1]
 
 
 def test_wrk_summary_line_is_read_into_figures():
