@@ -37,7 +37,7 @@ def sent(app, monkeypatch) -> Iterator[list[tuple[str, bool]]]:
     monkeypatch.setattr(repo, "_ALERTS_TABLE_TTL", math.inf)
     repo.forget_platform_alerts_table()
     with app.extensions["engine"].connect() as conn:
-        repo.new_links(conn, uuid.uuid4(), [uuid.uuid4()], datetime.now(UTC))
+        repo.new_links(conn, uuid.uuid4(), [uuid.uuid4()], datetime.now(UTC))  # looks the table up
 
     def record(conn, _cursor, statement, *_args) -> None:
         seen.append((statement.split(None, 1)[0].upper(), conn.connection.dbapi_connection.autocommit))

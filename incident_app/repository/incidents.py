@@ -274,12 +274,13 @@ def _page_json(filtered_on: tuple[str, ...]) -> sa.Select:
     newest_item_first = (item.c.created_at.collate("C").desc(), item.c.incident_id.desc())
     items = sa.func.json_agg(postgresql.aggregate_order_by(item.table_valued(), *newest_item_first))
     total = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
-    document = sa.func.json_build_object(*(x for key, v in {
+    pairs = {
         "incidents": sa.func.coalesce(items, sa.literal_column("'[]'::json")),
         "total": total.scalar_subquery(),
         "limit": sa.bindparam("limit"),
         "offset": sa.bindparam("offset"),
-    }.items() for x in (sa.literal_column(f"'{key}'"), v)))
+    }
+    document = sa.func.json_build_object(*(x for key, v in pairs.items() for x in (sa.literal_column(f"'{key}'"), v)))
     # As text: psycopg2 would otherwise decode the json into Python objects.
     return sa.select(sa.cast(document, sa.Text).label("page")).select_from(item)
 
