@@ -225,6 +225,11 @@ class IncidentSummarySchema(ma.Schema):
 
 class IncidentSchema(IncidentSummarySchema):
     alerts = fields.List(fields.Nested(LinkedAlertSchema), required=True)
+    alert_ids = fields.List(
+        fields.UUID(), required=True,
+        metadata={"description": "The linked alert ids alone, in the order of `alerts` "
+                                 "(the platform's web UI reads them)."},
+    )
 
 
 def _summary_formatters() -> list[tuple[str, Any]]:

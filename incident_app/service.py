@@ -88,6 +88,7 @@ def incident_document(row: Row, alerts: list[dict[str, Any]] | None = None) -> d
     document["mttr_seconds"] = _seconds(row.resolved_at, row.created_at)
     if alerts is not None:
         document["alerts"] = alerts
+        document["alert_ids"] = [alert["alert_id"] for alert in alerts]
     return document
 
 
