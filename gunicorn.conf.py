@@ -130,6 +130,7 @@ def post_worker_init(worker):
     # and list p99 fell from 76–80 to 63–67 ms in alternating runs.
     feed = extensions.get("feed")
     if feed is not None:
+        feed.start()  # its listening connection is up before the first follower comes
         gevent.spawn(_end_streams_on_shutdown, worker, feed)
     gc.freeze()
     worker.log.info("worker ready; %d objects frozen out of garbage collection", gc.get_freeze_count())

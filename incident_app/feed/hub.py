@@ -42,6 +42,7 @@ QUEUE_LIMIT = 1000  # events waiting for one follower before it is disconnected 
 IDLE_READ_EVERY = 5.0
 HELD_RETRY = 0.05
 RECONNECT_MAX = 5.0
+RELAY_START_WAIT = 3.0
 # SQLite has no LISTEN: its one process reads this often.
 SQLITE_READ_EVERY = 0.2
 
@@ -164,6 +165,7 @@ class FeedHub:
         self._followers: set[Follower] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._relaying = threading.Event()  # set while the relay listens (or polls, on SQLite)
         self._thread: threading.Thread | None = None
         self.stopping = False
         self.reconnects = 0
@@ -174,7 +176,15 @@ class FeedHub:
         """A new follower from `after` (None: from now). Starts the relay on first use."""
         if self.stopping:
             raise RuntimeError("the feed is stopping")
+        if self.cursor is None:
+            # "From now" is now, not when the relay's connection is up (a database down: a 503 here).
+            with reading(self.engine) as conn:
+                now = feed_queries.head(conn)
+            with self._lock:
+                self.cursor = self.cursor or now
         self.start()
+        # A follower joining a relay still connecting would wait for its first read: let it connect.
+        self._relaying.wait(RELAY_START_WAIT)
         with self._lock:
             follower = Follower(self, filters, after if after is not None else self.cursor)
             follower.replay_from = after
@@ -197,6 +207,7 @@ class FeedHub:
     # ------------------------------------------------------------------ the relay
 
     def start(self) -> None:
+        """Start the relay (the gunicorn worker does at boot; otherwise the first follower)."""
         with self._lock:
             if self._thread is None and not self.stopping:
                 self._thread = threading.Thread(target=self._run, name="feed-relay", daemon=True)
@@ -221,6 +232,7 @@ class FeedHub:
                     self._relay_listening()
                 delay = 0.5
             except (sa.exc.SQLAlchemyError, OSError) as exc:
+                self._relaying.clear()
                 # The database went away: read on from the relay's cursor once it is back.
                 log.warning("live feed: database unavailable (%s); reconnecting", exc.__class__.__name__)
                 self.reconnects += 1
@@ -231,6 +243,7 @@ class FeedHub:
         while not self._stop.is_set():
             with reading(self.engine) as conn:
                 self._relay_available(conn)
+            self._relaying.set()
             self._stop.wait(SQLITE_READ_EVERY)
 
     def _relay_listening(self) -> None:
@@ -239,6 +252,7 @@ class FeedHub:
             conn.exec_driver_sql(f"LISTEN {CHANNEL}")
             while not self._stop.is_set():
                 held = self._relay_available(conn)
+                self._relaying.set()
                 self._wait_for_notification(raw, HELD_RETRY if held else IDLE_READ_EVERY)
 
     def _wait_for_notification(self, raw: Any, timeout: float) -> None:

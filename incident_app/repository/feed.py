@@ -76,11 +76,13 @@ def _page(postgres: bool) -> sa.Select:
     )
     if not postgres:
         return page
-    horizon = sa.select(_horizon().label("xmin")).cte("horizon").prefix_with("MATERIALIZED")
-    held = sa.exists().where(e.xact_id >= horizon.c.xmin, position > after)
-    deliverable = page.where(e.xact_id < horizon.c.xmin).add_columns(horizon.c.xmin).subquery("page")
+    xmin = sa.select(_horizon().label("xmin")).cte("xmin").prefix_with("MATERIALIZED")
+    # Once per read, not per row: whether committed events wait above the horizon.
+    held = sa.exists().where(e.xact_id >= xmin.c.xmin, position > after)
+    horizon = sa.select(xmin.c.xmin, held.label("held")).cte("horizon").prefix_with("MATERIALIZED")
+    deliverable = page.where(e.xact_id < sa.select(xmin.c.xmin).scalar_subquery()).subquery("page")
     return (
-        sa.select(held.label("held"), *(c for c in deliverable.c if c.key != "xmin"))
+        sa.select(horizon.c.held, *deliverable.c)
         .select_from(horizon.outerjoin(deliverable, sa.true()))
         .order_by(deliverable.c.event_xact_id, deliverable.c.event_id)
     )
