@@ -222,6 +222,14 @@ class FeedHub:
         for follower in followers:
             follower.end("stopping")
 
+    def close(self) -> None:
+        """Stop, and let go of the listening connection (an app torn down)."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self.listen_engine is not None:
+            self.listen_engine.dispose()
+
     def _run(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
