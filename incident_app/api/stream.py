@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,6 @@ from marshmallow import fields, validate
 
 from incident_app import schemas
 from incident_app.feed.cursor import Cursor, MalformedCursor
-from incident_app.feed.document import websocket_message
 from incident_app.feed.hub import FeedFilters, FeedHub, Follower, Overflowed
 from incident_app.feed.metrics import StreamMetrics
 
@@ -113,10 +111,6 @@ class Stream(MethodView):
         return response
 
 
-def _frame(document: dict[str, Any]) -> str:
-    return f"id: {document['cursor']}\nevent: {document['type']}\ndata: {json.dumps(document)}\n\n"
-
-
 def _server_sent_events(follower: Follower, metrics: StreamMetrics) -> Iterator[bytes]:
     metrics.joined("sse")
     batches = follower.batches(heartbeat=HEARTBEAT_SECONDS)
@@ -126,7 +120,7 @@ def _server_sent_events(follower: Follower, metrics: StreamMetrics) -> Iterator[
             if not batch:
                 yield b": keep-alive\n\n"
                 continue
-            yield "".join(_frame(document) for document in batch).encode()
+            yield b"".join(event.server_sent_event for event in batch)
             metrics.sent("sse", len(batch))
     except Overflowed:
         yield b": too far behind; reconnect with Last-Event-ID\n\n"
@@ -149,8 +143,8 @@ def websocket_feed(ws) -> None:
                 pass  # ignored, and not left to pile up
             if not ws.connected:
                 return
-            for document in batch:
-                ws.send(json.dumps(websocket_message(document)))
+            for event in batch:
+                ws.send(event.websocket_text)
             if batch:
                 metrics.sent("websocket", len(batch))
     except Overflowed:

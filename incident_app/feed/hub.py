@@ -14,6 +14,8 @@ Threads and events from the standard library: under gunicorn's gevent workers th
 from __future__ import annotations
 
 import collections
+import functools
+import json
 import logging
 import select
 import threading
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from incident_app.db import reading
 from incident_app.feed.cursor import Cursor
-from incident_app.feed.document import event_document
+from incident_app.feed.document import event_document, websocket_message
 from incident_app.repository import feed as feed_queries
 from incident_app.service import incident_document
 
@@ -43,6 +45,7 @@ IDLE_READ_EVERY = 5.0
 HELD_RETRY = 0.05
 RECONNECT_MAX = 5.0
 RELAY_START_WAIT = 3.0
+COALESCE_SECONDS = 0.02
 # SQLite has no LISTEN: its one process reads this often.
 SQLITE_READ_EVERY = 0.2
 
@@ -53,20 +56,38 @@ class FeedFilters:
     severity: str | None = None
     types: frozenset[str] | None = None
 
-    def match(self, document: dict[str, Any]) -> bool:
+    def match(self, event: FeedEvent) -> bool:
+        document = event.document
         incident = document["incident"]
         return ((self.types is None or document["type"] in self.types)
                 and (self.service is None or incident["service"] == self.service)
                 and (self.severity is None or incident["severity"] == self.severity))
 
 
-def documents(rows: Sequence[Any]) -> list[dict[str, Any]]:
+class FeedEvent:
+    """One event as every follower of a process sends it: its text is written once, not per follower."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.cursor = Cursor.parse(document["cursor"])
+
+    @functools.cached_property
+    def server_sent_event(self) -> bytes:
+        document = self.document
+        return f"id: {document['cursor']}\nevent: {document['type']}\ndata: {json.dumps(document)}\n\n".encode()
+
+    @functools.cached_property
+    def websocket_text(self) -> str:
+        return json.dumps(websocket_message(self.document))
+
+
+def feed_events(rows: Sequence[Any]) -> list[FeedEvent]:
     """The feed's events of rows read by repository.feed."""
     out = []
     for row in rows:
         mapping = row._mapping
         event = {name: mapping[f"event_{name}"] for name in feed_queries.EVENT_COLUMNS}
-        out.append(event_document(event, incident_document(row)))
+        out.append(FeedEvent(event_document(event, incident_document(row))))
     return out
 
 
@@ -75,7 +96,7 @@ class Overflowed(Exception):
 
 
 class Follower:
-    """One client following the feed. Iterate `batches()`: each item a list of event documents, or
+    """One client following the feed. Iterate `batches()`: each item a list of FeedEvents, or
     an empty list when `heartbeat` seconds passed with nothing to send.
 
     Gap-free resume: the follower joins the relay first (from then on the relay queues every event
@@ -88,13 +109,13 @@ class Follower:
         self.filters = filters
         self.cursor = after
         self.replay_from = after
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[FeedEvent] = collections.deque()
         self._wake = threading.Event()
         self.ended: str | None = None  # why it ended: "overflow", "stopping"
 
     # called by the relay, which never blocks on a follower
-    def offer(self, batch: list[dict[str, Any]]) -> None:
-        matching = [document for document in batch if self.filters.match(document)]
+    def offer(self, batch: list[FeedEvent]) -> None:
+        matching = [event for event in batch if self.filters.match(event)]
         if not matching or self.ended:
             return
         if len(self._pending) + len(matching) > self.hub.queue_limit:
@@ -108,7 +129,7 @@ class Follower:
         self.ended = self.ended or reason
         self._wake.set()
 
-    def batches(self, heartbeat: float) -> Iterator[list[dict[str, Any]]]:
+    def batches(self, heartbeat: float) -> Iterator[list[FeedEvent]]:
         try:
             if self.replay_from is not None:
                 yield from self._replay(self.replay_from)
@@ -127,25 +148,24 @@ class Follower:
         finally:
             self.hub.leave(self)
 
-    def _take(self) -> list[dict[str, Any]]:
+    def _take(self) -> list[FeedEvent]:
         batch = []
         while self._pending:
-            document = self._pending.popleft()
-            position = Cursor.parse(document["cursor"])
-            if self.cursor is not None and position <= self.cursor:
+            event = self._pending.popleft()
+            if self.cursor is not None and event.cursor <= self.cursor:
                 continue  # replayed already
-            self.cursor = position
-            batch.append(document)
+            self.cursor = event.cursor
+            batch.append(event)
         return batch
 
-    def _replay(self, after: Cursor) -> Iterator[list[dict[str, Any]]]:
+    def _replay(self, after: Cursor) -> Iterator[list[FeedEvent]]:
         while True:
             page = self.hub.read_page(after)  # its connection is back in the pool before we send
             if not page:
                 return
-            after = Cursor.parse(page[-1]["cursor"])
+            after = page[-1].cursor
             self.cursor = max(self.cursor, after) if self.cursor else after
-            matching = [document for document in page if self.filters.match(document)]
+            matching = [event for event in page if self.filters.match(event)]
             if matching:
                 yield matching
             if len(page) < self.hub.batch:
@@ -199,10 +219,10 @@ class FeedHub:
     def follower_count(self) -> int:
         return len(self._followers)
 
-    def read_page(self, after: Cursor) -> list[dict[str, Any]]:
+    def read_page(self, after: Cursor) -> list[FeedEvent]:
         with reading(self.engine) as conn:
             page = feed_queries.read_after(conn, after, limit=self.batch)
-        return documents(page.rows)
+        return feed_events(page.rows)
 
     # ------------------------------------------------------------------ the relay
 
@@ -262,6 +282,9 @@ class FeedHub:
                 held = self._relay_available(conn)
                 self._relaying.set()
                 self._wait_for_notification(raw, HELD_RETRY if held else IDLE_READ_EVERY)
+                # Notifications of the next moment join this read: under a stream of writes each
+                # follower gets one batch per interval, not one write to its socket per commit.
+                self._stop.wait(COALESCE_SECONDS)
 
     def _wait_for_notification(self, raw: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -284,9 +307,9 @@ class FeedHub:
         while True:
             page = feed_queries.read_after(conn, self.cursor, limit=self.batch)
             if page.rows:
-                batch = documents(page.rows)
+                batch = feed_events(page.rows)
                 with self._lock:
-                    self.cursor = Cursor.parse(batch[-1]["cursor"])
+                    self.cursor = batch[-1].cursor
                     followers = list(self._followers)
                 for follower in followers:
                     follower.offer(batch)
