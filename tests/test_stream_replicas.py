@@ -73,6 +73,17 @@ def patch(replica: GunicornService, incident_id: str, **body) -> dict:
     return response.json()
 
 
+# An event written by hand, in a transaction the test holds open (T1).
+ESCALATED = ("INSERT INTO incidents.incident_events (id, incident_id, type, actor, details, created_at)"
+             " VALUES ({id}, %s, 'escalated', 'system', '{{\"level\": 1}}', now())")
+
+
+def incident_pk(db: sa.Engine, incident_id: str):
+    with db.connect() as conn:
+        return conn.execute(sa.text("SELECT id FROM incidents.incidents WHERE incident_id = :i"),
+                            {"i": incident_id}).scalar_one()
+
+
 def positions(db: sa.Engine) -> list[str]:
     """Every event's cursor, in feed order, as the database holds them."""
     with db.connect() as conn:
@@ -191,66 +202,56 @@ def test_filters_select_by_service_severity_and_type(replicas):
 # --------------------------------------------------------------------------- commits out of order
 
 
-def test_an_event_whose_id_was_taken_first_but_committed_last_is_still_delivered_once(replicas, feed_database, db):
+@pytest.fixture
+def interleaving(replicas, feed_database, db):
+    """An incident made through A, its primary key, a follower of A, and T1: a transaction of the
+    test's own, beside the service's."""
+    incident = create(replicas[0])
+    follower = SseFollower(f"{replicas[0].url}{STREAM}?types=note_added,escalated")
+    t1 = psycopg2.connect(make_url(feed_database).set(drivername="postgresql").render_as_string(hide_password=False))
+    yield incident, incident_pk(db, incident["incident_id"]), follower, t1
+    t1.close()
+    follower.close()
+
+
+def test_an_event_whose_id_was_taken_first_but_committed_last_is_still_delivered_once(replicas, interleaving):
     # T1 takes event id n and writes it only after T2 (id n+1, through the service) has committed
     # and been delivered: ids commit out of order. A follower at "after n+1" must still get n.
-    a, b = replicas
-    incident = create(a)
-    with db.connect() as conn:
-        pk = conn.execute(sa.text("SELECT id FROM incidents.incidents WHERE incident_id = :i"),
-                          {"i": incident["incident_id"]}).scalar_one()
-    follower = SseFollower(f"{a.url}{STREAM}?types=note_added,escalated")
-    t1 = psycopg2.connect(make_url(feed_database).render_as_string(hide_password=False).replace("+psycopg2", ""))
-    try:
-        cur = t1.cursor()
-        cur.execute("SELECT nextval(pg_get_serial_sequence('incidents.incident_events', 'id'))")
-        (taken,) = cur.fetchone()
-        patch(b, incident["incident_id"], note="T2")  # T2: a later id, committed first
-        (t2_event,) = follower.wait_for(lambda events: len(events) == 1)
-        assert t2_event.data["details"]["text"] == "T2"
-        t2_cursor = Cursor.parse(t2_event.cursor)
-        assert t2_cursor.event_id > taken  # id order is not commit order
-        resumed = SseFollower(f"{b.url}{STREAM}?types=note_added,escalated", headers={"Last-Event-ID": t2_event.cursor})
-        cur.execute(
-            "INSERT INTO incidents.incident_events (id, incident_id, type, actor, details, created_at)"
-            " VALUES (%s, %s, 'escalated', 'system', '{\"level\": 1}', now())", (taken, pk))
-        t1.commit()  # T1 commits last
-        for reader in (follower, resumed):
-            reader.wait_for(lambda events: any(e.type == "escalated" for e in events))
-        time.sleep(0.5)
-        assert [e.type for e in follower.events] == ["note_added", "escalated"]
-        assert [e.type for e in resumed.events] == ["escalated"]  # after n+1, and still n: once
-        assert Cursor.parse(resumed.events[0].cursor).event_id == taken
-        resumed.close()
-    finally:
-        t1.close()
-        follower.close()
+    b = replicas[1]
+    incident, pk, follower, t1 = interleaving
+    cur = t1.cursor()
+    cur.execute("SELECT nextval(pg_get_serial_sequence('incidents.incident_events', 'id'))")
+    (taken,) = cur.fetchone()
+    patch(b, incident["incident_id"], note="T2")  # T2: a later id, committed first
+    (t2_event,) = follower.wait_for(lambda events: len(events) == 1)
+    assert t2_event.data["details"]["text"] == "T2"
+    t2_cursor = Cursor.parse(t2_event.cursor)
+    assert t2_cursor.event_id > taken  # id order is not commit order
+    resumed = SseFollower(f"{b.url}{STREAM}?types=note_added,escalated", headers={"Last-Event-ID": t2_event.cursor})
+    cur.execute(ESCALATED.format(id="%s"), (taken, pk))
+    t1.commit()  # T1 commits last
+    for reader in (follower, resumed):
+        reader.wait_for(lambda events: any(e.type == "escalated" for e in events))
+    time.sleep(0.5)
+    assert [e.type for e in follower.events] == ["note_added", "escalated"]
+    assert [e.type for e in resumed.events] == ["escalated"]  # after n+1, and still n: once
+    assert Cursor.parse(resumed.events[0].cursor).event_id == taken
+    resumed.close()
 
 
-def test_a_later_transaction_is_held_back_until_an_older_open_one_ends(replicas, feed_database, db):
+def test_a_later_transaction_is_held_back_until_an_older_open_one_ends(replicas, interleaving):
     # T1 writes its event first (older transaction, smaller id) and stays open while T2 commits:
     # T2's event waits for T1, so the feed never moves past an event that could still commit.
-    a, b = replicas
-    incident = create(a)
-    with db.connect() as conn:
-        pk = conn.execute(sa.text("SELECT id FROM incidents.incidents WHERE incident_id = :i"),
-                          {"i": incident["incident_id"]}).scalar_one()
-    follower = SseFollower(f"{a.url}{STREAM}?types=note_added,escalated")
-    t1 = psycopg2.connect(make_url(feed_database).render_as_string(hide_password=False).replace("+psycopg2", ""))
-    try:
-        cur = t1.cursor()
-        cur.execute(
-            "INSERT INTO incidents.incident_events (incident_id, type, actor, details, created_at)"
-            " VALUES (%s, 'escalated', 'system', '{\"level\": 1}', now())", (pk,))
-        patch(b, incident["incident_id"], note="T2")
-        time.sleep(1.0)
-        assert follower.events == []  # T2 committed, but T1 may still commit before it in the feed
-        t1.commit()
-        events = follower.wait_for(lambda events: len(events) == 2, timeout=5)
-        assert [e.type for e in events] == ["escalated", "note_added"]
-    finally:
-        t1.close()
-        follower.close()
+    b = replicas[1]
+    incident, pk, follower, t1 = interleaving
+    cur = t1.cursor()
+    cur.execute(ESCALATED.format(id="DEFAULT"), (pk,))
+    patch(b, incident["incident_id"], note="T2")
+    time.sleep(1.0)
+    assert follower.events == []  # T2 committed, but T1 may still commit before it in the feed
+    t1.commit()
+    events = follower.wait_for(lambda events: len(events) == 2, timeout=5)
+    assert [e.type for e in events] == ["escalated", "note_added"]
 
 
 # --------------------------------------------------------------------------- WebSocket
@@ -348,9 +349,8 @@ def test_a_follower_that_never_reads_is_disconnected_and_holds_nobody_back(repli
     reader = SseFollower(f"{a.url}{STREAM}?types=acknowledged")
     try:
         incident = create(b)
+        pk = incident_pk(db, incident["incident_id"])
         with db.begin() as conn:
-            pk = conn.execute(sa.text("SELECT id FROM incidents.incidents WHERE incident_id = :i"),
-                              {"i": incident["incident_id"]}).scalar_one()
             # ~12 MB of events: more than the sockets' buffers (4 MiB at most here) and the follower's
             # 1,000-event queue can hold.
             conn.execute(sa.text(
