@@ -3,6 +3,7 @@ they are the OpenAPI document."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -248,13 +249,16 @@ def _summary_formatters() -> list[tuple[str, Any]]:
     return formatters
 
 
+_SUMMARY_FORMATTERS = _summary_formatters()
+
+
 class IncidentPageSchema(ma.Schema):
     incidents = fields.List(fields.Nested(IncidentSummarySchema), required=True)
     total = fields.Integer(required=True, metadata={"description": "How many incidents match the filters."})
     limit = fields.Integer(required=True)
     offset = fields.Integer(required=True)
 
-    _formatters = _summary_formatters()
+    _formatters = _SUMMARY_FORMATTERS
 
     def dump(self, obj: Any, *, many: bool | None = None) -> Any:
         """Pages carry up to 1,000 incidents: formatting their known fields directly is ten times
@@ -263,11 +267,16 @@ class IncidentPageSchema(ma.Schema):
         return {**obj, "incidents": [self._summary(incident) for incident in obj["incidents"]]}
 
     def _summary(self, incident: dict[str, Any]) -> dict[str, Any]:
-        item = {}
-        for name, fmt in self._formatters:
-            value = incident[name]
-            item[name] = value if fmt is None or value is None else fmt(value)
-        return item
+        return format_list_item(incident, self._formatters)
+
+
+def format_list_item(incident: Mapping[str, Any], formatters: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """An incident's document (service.incident_document) as a list item's JSON values."""
+    item = {}
+    for name, fmt in formatters or _SUMMARY_FORMATTERS:
+        value = incident[name]
+        item[name] = value if fmt is None or value is None else fmt(value)
+    return item
 
 
 EVENT_TYPES = (
