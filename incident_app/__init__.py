@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     api = docs.IncidentApi(app, spec_kwargs=docs.SPEC_KWARGS)
     docs.document_errors(api)
+    incidents.register_converters(app, api)
     api.register_blueprint(incidents.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics_endpoint.blp)

@@ -6,6 +6,7 @@ and headers."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import schemathesis
@@ -91,3 +92,32 @@ def test_wrong_content_types_and_bodies_are_4xx_json(client):
                                (json.dumps("string").encode(), "application/json"), (b"{", "application/json")):
         response = client.post("/api/v1/incidents", data=data, content_type=content_type)
         assert_json_error(response, 400, 415, 422)
+
+
+# --------------------------------------------------------------------------- input edges
+
+
+@pytest.mark.parametrize("where", ["since", "until"])
+@pytest.mark.parametrize("value", ["2026-01-01T00:00:00Z%00", "2026-01-01T00:00:00%00+00:00"])
+def test_a_nul_in_since_or_until_is_422(client, where, value):
+    response = client.get(f"/api/v1/incidents/analytics?{where}={value}")
+    assert_json_error(response, 422)
+    assert list(response.get_json()["errors"]) == [where]
+
+
+def test_errors_of_list_items_are_lists_of_messages_as_documented(client, app):
+    response = client.post("/api/v1/incidents", json={"title": "t", "service": "s", "severity": "low",
+                                                       "alert_ids": ["not-a-uuid", str(uuid.uuid4()), "x"]})
+    assert_json_error(response, 422)
+    messages = response.get_json()["errors"]["alert_ids"]
+    assert isinstance(messages, list) and len(messages) == 2
+    assert messages[0].startswith("item 0: ") and messages[1].startswith("item 2: ")
+    documented = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]["Error"]
+    assert documented["properties"]["errors"]["additionalProperties"]["type"] == "array"
+
+
+def test_options_on_analytics_advertises_only_its_methods(client):
+    response = client.options("/api/v1/incidents/analytics")
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert "PATCH" in client.options("/api/v1/incidents/inc-0123456789abcdef").headers["Allow"]
+    assert_json_error(client.patch("/api/v1/incidents/analytics", json={"status": "resolved"}), 405)
