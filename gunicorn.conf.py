@@ -43,10 +43,15 @@ except SettingsError as exc:
     sys.exit(f"configuration error: {exc}")
 
 bind = f"0.0.0.0:{settings.service_port}"
-worker_class = "gevent"
+# gunicorn's gevent worker, answering the server's own refusals (bad request line or header, URI or
+# header too long) in the contract's JSON and ending bodies that stop arriving (incident_app/http_server.py).
+worker_class = "incident_app.http_server.IncidentWorker"
 # One gevent worker per core serves many requests at once; WEB_CONCURRENCY overrides the count.
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
-worker_connections = 1000
+# Connections a worker holds at once. A connection costs a greenlet and a socket, not a thread: a
+# high bound lets thousands of slow or stalled clients wait out their timeouts while everyone else is
+# still accepted (at 1,000, 2,100 stalled bodies left no room for /health/live on a replica).
+worker_connections = 10_000
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -114,6 +119,7 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
+    worker.request_timeout = settings.request_timeout_seconds
     # Each worker runs the background work in a greenlet (outbox retries, escalation, key expiry);
     # safe with any number of workers and replicas because every claim goes through the database.
     extensions = getattr(worker.wsgi, "extensions", {})
