@@ -5,6 +5,7 @@ answered."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import socket
@@ -83,7 +84,8 @@ def assert_contract_error(response: tuple[int, dict[str, str], bytes], status: i
     (b"POST /api/v1/incidents HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # 5 kB path
     (b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 10_000 + b"\r\n\r\n", 431),  # 10,000-char header
-], ids=["request-line", "http-version", "header", "control-byte", "content-length", "two-lengths", "uri", "header-size"])
+], ids=["request-line", "http-version", "header", "control-byte", "content-length", "two-lengths", "uri",
+        "header-size"])
 def test_the_servers_own_refusals_are_contract_json(server, raw, status):
     assert_contract_error(exchange(server, raw), status)
 
@@ -122,10 +124,8 @@ def test_a_chunked_body_over_one_mebibyte_is_413(server):
 
 
 def send_ignoring_close(sock: socket.socket, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.sendall(data)
-    except OSError:
-        pass
 
 
 def test_a_chunked_body_under_the_limit_is_served(server):
