@@ -120,4 +120,4 @@ def test_options_on_analytics_advertises_only_its_methods(client):
     response = client.options("/api/v1/incidents/analytics")
     assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
     assert "PATCH" in client.options("/api/v1/incidents/inc-0123456789abcdef").headers["Allow"]
-    assert_json_error(client.patch("/api/v1/incidents/analytics", json={"status": "resolved"}), 405)
+    assert_json_error(client.patch("/api/v1/incidents/analytics", json={"status": "resolved"}), 404)

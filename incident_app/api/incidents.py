@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, current_app, url_for
+from flask import current_app, url_for
 from flask.views import MethodView
-from flask_smorest import Api, Blueprint
-from werkzeug.routing import BaseConverter
+from flask_smorest import Blueprint
 
 from incident_app import schemas
 from incident_app.api.parsing import StrictJsonParser
@@ -20,19 +19,6 @@ blp = Blueprint(
     description="Incidents from creation to resolution: create, list, read, acknowledge, resolve, annotate.",
 )
 blp.ARGUMENTS_PARSER = StrictJsonParser()  # before the decorators below, which take it at definition
-
-
-class IncidentRefConverter(BaseConverter):
-    """An incident's id in a path: any segment but the fixed ones beside it (`analytics`), so that
-    OPTIONS /api/v1/incidents/analytics does not advertise the methods of an incident (PATCH)."""
-
-    regex = r"(?!analytics\Z)[^/]+"
-
-
-def register_converters(app: Flask, api: Api) -> None:
-    """Before the blueprint is registered: its routes use `incident_ref`."""
-    app.url_map.converters["incident_ref"] = IncidentRefConverter
-    api.register_converter(IncidentRefConverter, lambda _converter: {"type": "string"})
 
 
 def incidents_service() -> IncidentService:
@@ -98,7 +84,7 @@ class Analytics(MethodView):
         return incidents_service().analytics(AnalyticsFilters(**query))
 
 
-@blp.route("/<incident_ref:incident_id>")
+@blp.route("/<string:incident_id>")
 class Incident(MethodView):
     @blp.response(200, schemas.IncidentSchema)
     @blp.alt_response(404, response="NOT_FOUND")
@@ -120,7 +106,7 @@ class Incident(MethodView):
         return incidents_service().update_incident(incident_id, **body).incident
 
 
-@blp.route("/<incident_ref:incident_id>/events")
+@blp.route("/<string:incident_id>/events")
 class Timeline(MethodView):
     @blp.response(200, schemas.TimelineSchema)
     @blp.alt_response(404, response="NOT_FOUND")
@@ -134,7 +120,7 @@ class Timeline(MethodView):
         return incidents_service().timeline(incident_id)
 
 
-@blp.route("/<incident_ref:incident_id>/alerts")
+@blp.route("/<string:incident_id>/alerts")
 class IncidentAlerts(MethodView):
     @blp.arguments(schemas.AlertLinkSchema())
     @blp.response(200, schemas.IncidentSchema)
