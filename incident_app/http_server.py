@@ -122,7 +122,10 @@ class IncidentWorker(GeventWorker):
         if req.body is not None:
             req.body = DeadlineBody(req.body, time.monotonic() + self.request_timeout)
             length = declared_length(req)
-            if length is not None and length <= MAX_BODY_BYTES:
+            # Not a client waiting for "100 Continue" first: gunicorn sends it when it hands the
+            # request to the application, after this read would have waited for the body.
+            expects_continue = getattr(req, "_expected_100_continue", False)
+            if length is not None and length <= MAX_BODY_BYTES and not expects_continue:
                 # Read here, before the application: a client stalled in its body then costs a
                 # waiting read, not a request through Flask up to its first read (3,000 connections
                 # arriving together held /health/live for 1.4-3.5 s that way).

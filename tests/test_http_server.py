@@ -138,6 +138,17 @@ def test_a_chunked_body_under_the_limit_is_served(server):
     assert code == 201, body[:300]
 
 
+def test_a_client_expecting_100_continue_gets_it_then_is_served(server):
+    payload = json.dumps({"title": "expect", "service": "storage", "severity": "low"}).encode()
+    with connect(server) as sock:
+        sock.sendall(b"POST /api/v1/incidents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(payload)
+        code, _, body = read_response(sock)
+    assert code == 201, body[:300]
+
+
 STALLED = 3000  # half stalled in their headers, half in their bodies
 
 
