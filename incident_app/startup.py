@@ -43,7 +43,10 @@ class SchemaState:
     def is_current(self) -> bool:
         if self._current:
             return True
-        with self._lock:
+        # One request asks at a time; the others answer with what is known rather than wait for it.
+        if not self._lock.acquire(blocking=False):
+            return self._current
+        try:
             now = time.monotonic()
             if not self._current and now - self._checked_at >= self._recheck_every:
                 self._checked_at = now
@@ -51,6 +54,8 @@ class SchemaState:
                     self._current = self._is_current()
                 except Exception:  # the database does not answer: not current as far as we know
                     self._current = False
+        finally:
+            self._lock.release()
         return self._current
 
     def mark_current(self) -> None:

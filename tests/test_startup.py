@@ -83,3 +83,18 @@ def test_starts_without_the_database_then_serves_once_it_answers(pg_database, tm
     messages = [json.loads(line)["message"] for line in lines]
     assert sum(message.startswith("Running upgrade") for message in messages) >= 1
     assert any(message.startswith("database not ready for migration") for message in messages)
+
+
+def test_the_api_answers_503_until_the_schema_is_current_then_serves(make_app, pg_database):
+    database_url = pg_database()  # empty
+    app = make_app(database_url=database_url)
+    client = app.test_client()
+    refused = client.post("/api/v1/incidents", json=VALID)
+    assert refused.status_code == 503 and refused.get_json()["code"] == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/health/ready").status_code == 503
+
+    migrate.upgrade(app.extensions["settings"])  # as another replica would
+    created = wait_until(lambda: client.post("/api/v1/incidents", json=VALID).status_code == 201, timeout=5)
+    assert created and client.get("/health/ready").status_code == 200
