@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 5.0
 RECHECK_SECONDS = 1.0
+# Longer than a probe's deadline (probes.py), short enough that a 503 still comes quickly.
+CHECK_WAIT_SECONDS = 2.0
 
 
 class SchemaState:
@@ -43,8 +45,10 @@ class SchemaState:
     def is_current(self) -> bool:
         if self._current:
             return True
-        # One request asks at a time; the others answer with what is known rather than wait for it.
-        if not self._lock.acquire(blocking=False):
+        # One request asks at a time; the others wait for its answer, but no longer than a probe
+        # may take (a hung database's probe is cut at its deadline), then answer with what is known.
+        # Answering at once instead gave 503 to every request of a first concurrent burst but one.
+        if not self._lock.acquire(timeout=CHECK_WAIT_SECONDS):
             return self._current
         try:
             now = time.monotonic()

@@ -306,9 +306,11 @@ def test_concurrent_transitions_across_services_never_deadlock_and_stay_exact(ma
 
     with ThreadPoolExecutor(max_workers=THREADS + 1) as pool:
         folder = pool.submit(fold_while_writing) if folding else None
-        for done in [pool.submit(run, t) for t in range(THREADS)]:
-            done.result(timeout=120)  # re-raises a deadlock (or any failure) of a thread
-        writing.clear()
+        try:
+            for done in [pool.submit(run, t) for t in range(THREADS)]:
+                done.result(timeout=120)  # re-raises a deadlock (or any failure) of a thread
+        finally:
+            writing.clear()  # or a failed writer would leave the folder, and the test, running forever
         if folder is not None:
             folder.result(timeout=30)
             assert True in folds

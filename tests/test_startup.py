@@ -5,13 +5,16 @@ migrated and the service serves, with no restart, however long it waited."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from sqlalchemy.engine import make_url
 
 from incident_app import migrate
+from incident_app.startup import CHECK_WAIT_SECONDS, SchemaState
 from tests.support.gunicorn import GunicornService
 from tests.support.proxy import TcpProxy
 from tests.support.reliability import engine_for, wait_until
@@ -98,3 +101,31 @@ def test_the_api_answers_503_until_the_schema_is_current_then_serves(make_app, p
     migrate.upgrade(app.extensions["settings"])  # as another replica would
     created = wait_until(lambda: client.post("/api/v1/incidents", json=VALID).status_code == 201, timeout=5)
     assert created and client.get("/health/ready").status_code == 200
+
+
+def test_a_first_concurrent_burst_waits_for_the_one_schema_check():
+    checks = []
+
+    def slow_check() -> bool:
+        checks.append(1)
+        time.sleep(0.3)  # a database that takes its time, within a probe's deadline
+        return True
+
+    schema = SchemaState(slow_check)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: schema.is_current(), range(8)))
+    assert answers == [True] * 8
+    assert len(checks) == 1
+
+
+def test_a_check_longer_than_the_wait_answers_not_current_without_waiting_for_it():
+    release = threading.Event()
+    schema = SchemaState(lambda: release.wait(10))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(schema.is_current)
+        time.sleep(0.1)  # the first request is inside its check
+        started = time.monotonic()
+        assert schema.is_current() is False
+        assert time.monotonic() - started < CHECK_WAIT_SECONDS + 1
+        release.set()
+        assert first.result(timeout=5) is True
