@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import click
 from flask import Flask
-from flask_cors import CORS
 
 from incident_app import migrate
 from incident_app.access import install_api_keys
@@ -15,6 +14,7 @@ from incident_app.analytics_cache import AnalyticsCache
 from incident_app.api import docs, health, incidents
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
+from incident_app.cors import install_cors
 from incident_app.db import create_engine, warm_pool
 from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
@@ -56,10 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)  # after Api(), which installs its own HTTP error handler
     install_request_logging(app)
     install_api_keys(app, settings)
-    CORS(
-        app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
-        expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
-    )
+    install_cors(app, settings)
 
     engine = create_engine(settings)
     warm_pool(engine, settings.db_pool_min)
