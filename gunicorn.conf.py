@@ -14,10 +14,8 @@ monkey.patch_all()
 import gc
 import glob
 import logging
-import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -35,17 +33,15 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 from incident_app import migrate
 from incident_app.logs import JsonFormatter
-from incident_app.settings import Settings, SettingsError
+from incident_app.settings import available_cpus, settings_or_exit
 
-try:
-    settings = Settings.from_env()
-except SettingsError as exc:
-    sys.exit(f"configuration error: {exc}")
+settings = settings_or_exit()
 
 bind = f"0.0.0.0:{settings.service_port}"
 worker_class = "gevent"
-# One gevent worker per core serves many requests at once; WEB_CONCURRENCY overrides the count.
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+# One gevent worker per CPU this container may use serves many requests at once; WEB_CONCURRENCY
+# overrides the count.
+workers = settings.web_concurrency or available_cpus()
 worker_connections = 1000
 timeout = 30
 graceful_timeout = 20
