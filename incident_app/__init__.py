@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 
+import alembic.util
 import click
+import sqlalchemy.exc
 from flask import Flask
 
 from incident_app import migrate
@@ -112,16 +114,32 @@ def _register_cli(app: Flask, settings: Settings) -> None:
     @click.argument("revision", default="head")
     def upgrade(revision: str) -> None:
         """Bring the database schema to REVISION (default: head)."""
-        migrate.upgrade(settings, revision)
+        # One line an operator can act on (an unknown revision, a database that does not answer),
+        # not alembic's or the driver's traceback.
+        try:
+            migrate.check_revision(revision)
+            migrate.upgrade(settings, revision)
+        except alembic.util.CommandError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlalchemy.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc.__class__.__name__
+            raise click.ClickException(f"database not reachable or refused the upgrade: {reason}") from None
         click.echo(f"database at {migrate.head_revision() if revision == 'head' else revision}")
 
     @app.cli.group("background")
     def background() -> None:
-        """Background work: outbox retries, escalation checks, idempotency key expiry."""
+        """Background work: notification retries, escalation checks, idempotency key expiry and the
+        folding of the list totals' counter rows."""
 
     @background.command("run")
     def run_background() -> None:
-        """Run the background work in the foreground, for a deployment with BACKGROUND_WORK=false."""
+        """Run the background work in the foreground, for a deployment with BACKGROUND_WORK=false.
+
+        Four jobs: notification retries from the outbox (every second), escalation checks (every
+        ESCALATION_CHECK_SECONDS), idempotency key expiry (every 5 minutes) and the folding of the
+        list totals' counter rows (every minute). Safe beside the gunicorn workers' own: every job
+        claims its work through the database.
+        """
         click.echo("background work running; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             app.extensions["background"].run()
