@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
     SERVICE_PORT=8002
-RUN useradd --system --uid 10001 --home-dir /var/lib/incident-management --shell /usr/sbin/nologin incident \
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin incident \
  && install -d -o incident -g incident -m 0750 /var/lib/incident-management
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/* && rm -rf /wheels
