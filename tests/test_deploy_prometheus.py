@@ -14,7 +14,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import requests
 import yaml
 
 from incident_app.lifecycle import SEVERITIES
-from tests.support.gunicorn import ROOT, GunicornService, free_port
+from tests.support.gunicorn import ROOT, GunicornService, free_port, stop_process_group
 
 CONFIG = ROOT / "deploy" / "prometheus.yml"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -118,13 +117,7 @@ class Prometheus:
         return [float(sample["value"][1]) for sample in data["result"]]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout=15)
 
 
 def numbers(values: list[float]) -> bool:
@@ -167,7 +160,6 @@ def test_every_readme_and_dashboard_query_and_every_rule_gives_numbers_on_a_real
     while sum(prometheus.query('count_over_time(up{job="incident-management"}[1m])') or [0]) < 2:
         assert time.monotonic() < deadline, "the service was not scraped twice"
         time.sleep(0.5)
-    assert prometheus.query('up{job="incident-management"}') == [1.0]
 
     api = f"{service.url}/api/v1/incidents"
     for severity in SEVERITIES:
@@ -187,9 +179,12 @@ def test_every_readme_and_dashboard_query_and_every_rule_gives_numbers_on_a_real
         failing = {q: values for q in queries if not numbers(values := prometheus.query(q))}
         resolved = prometheus.query('increase(incidents_total{status="resolved"}[5m])')
         counted = len(resolved) == len(SEVERITIES) and all(v > 0 for v in resolved)
-        if not failing and counted:
+        # A scrape slower than the 1 s interval (a loaded machine) is a miss, and leaves every
+        # series stale until the next one: wait for a good scrape rather than fail on one miss.
+        up = prometheus.query('up{job="incident-management"}')
+        if not failing and counted and up == [1.0]:
             break
-        assert time.monotonic() < deadline, f"no number from: {failing}; increase of resolved: {resolved}"
+        assert time.monotonic() < deadline, f"no number from: {failing}; resolved: {resolved}; up: {up}"
         time.sleep(1)
 
     assert sorted(prometheus.query("max by (severity) (open_incidents)")) == [1.0] * len(SEVERITIES)
