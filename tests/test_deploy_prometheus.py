@@ -182,12 +182,14 @@ def test_every_readme_and_dashboard_query_and_every_rule_gives_numbers_on_a_real
         # A scrape slower than the 1 s interval (a loaded machine) is a miss, and leaves every
         # series stale until the next one: wait for a good scrape rather than fail on one miss.
         up = prometheus.query('up{job="incident-management"}')
-        if not failing and counted and up == [1.0]:
+        unresolved = prometheus.query("max by (severity) (open_incidents)")
+        if not failing and counted and up == [1.0] and unresolved == [1.0] * len(SEVERITIES):
             break
-        assert time.monotonic() < deadline, f"no number from: {failing}; resolved: {resolved}; up: {up}"
+        assert time.monotonic() < deadline, (
+            f"no number from: {failing}; resolved: {resolved}; up: {up}; unresolved: {unresolved}"
+        )
         time.sleep(1)
 
-    assert sorted(prometheus.query("max by (severity) (open_incidents)")) == [1.0] * len(SEVERITIES)
     rules = requests.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     evaluated = [(rule.get("name"), rule["health"]) for group in rules for rule in group["rules"]]
     assert len(evaluated) == sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
