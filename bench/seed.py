@@ -32,7 +32,7 @@ SELECT gen_random_uuid(),
        st::incidents.incident_status,
        CASE WHEN r_assign < 0.9 THEN svc || '-primary@example.com' END,
        CASE WHEN r_note < 0.2 THEN jsonb_build_array(jsonb_build_object(
-              'text', 'rolled back the last deploy', 'author', 'bob',
+              'id', gen_random_uuid(), 'content', 'rolled back the last deploy', 'author', 'bob',
               'created_at', to_char(created + interval '3 minutes', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))
             ELSE '[]'::jsonb END,
        created, ack, res, greatest(created, ack, res)
@@ -117,6 +117,29 @@ def migrate_and_seed(url: str, rows: int, *, batch: int = 250_000) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE incidents.incidents")
         conn.exec_driver_sql("VACUUM ANALYZE incidents.incident_alerts")
+    engine.dispose()
+
+
+_COPY_INTO_CEILING = """
+INSERT INTO bench_ceiling.incidents (id, incident_id, title, description, service, severity, status,
+                                     assigned_to, notes, created_at, acknowledged_at, resolved_at, updated_at)
+SELECT id, incident_id, title, description, service, severity::text, status::text,
+       assigned_to, notes, created_at, acknowledged_at, resolved_at, updated_at
+FROM incidents.incidents
+"""
+
+
+def seed_ceiling(url: str) -> None:
+    """The ceiling's own table (bench/ceiling.py), holding a copy of the seeded incidents: its SELECT
+    reads a table as large as the service's, with nothing of the service on it."""
+    from bench import ceiling
+
+    ceiling.create_table(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(_COPY_INTO_CEILING)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE bench_ceiling.incidents")
     engine.dispose()
 
 

@@ -54,10 +54,12 @@ UNSET: Any = _Unset()
 
 @dataclass(frozen=True)
 class Update:
-    """What a PATCH changed. `transition` is set only for the request that made the status change."""
+    """What a PATCH changed. `transition` is set only for the request that made the status change;
+    `note` is the note it appended, as stored."""
 
     incident: dict[str, Any]
     transition: lifecycle.Transition | None
+    note: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def incident_document(row: Row, alerts: list[dict[str, Any]] | None = None) -> d
     document["mttr_seconds"] = _seconds(row.resolved_at, row.created_at)
     if alerts is not None:
         document["alerts"] = alerts
+        document["alert_ids"] = [alert["alert_id"] for alert in alerts]
     return document
 
 
@@ -100,6 +103,7 @@ class _Change:
     timeline: list[dict[str, Any]]
     transition: lifecycle.Transition | None
     at: datetime
+    note: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -130,13 +134,15 @@ class _Patch:
             values["assigned_to"] = self.assigned_to
             timeline.append(events.event(row.id, "reassigned", at=now, actor=self.author,
                                          details={"from": row.assigned_to, "to": self.assigned_to}))
+        note = None
         if self.note is not None:
-            values["notes"] = [*row.notes, lifecycle.note_entry(self.note, self.author, now)]
-            timeline.append(events.event(row.id, "note_added", at=now, actor=self.author,
-                                         details={"text": self.note}))
+            note = lifecycle.note_entry(self.note, self.author, now)
+            values["notes"] = [*row.notes, note]
+            # The event carries the note as the incident keeps it, so a follower can show it as it is.
+            timeline.append(events.event(row.id, "note_added", at=now, actor=self.author, details=note))
         if values:
             values["updated_at"] = now
-        return _Change(values, timeline, transition, now)
+        return _Change(values, timeline, transition, now, note)
 
 
 class IncidentService:
@@ -412,7 +418,11 @@ class IncidentService:
         if change.transition is not None:
             seconds = (change.at - row.created_at).total_seconds()
             self.metrics.status_changed(change.transition, row.severity, seconds)
-        return Update(self._document(row, alerts), change.transition)
+        return Update(self._document(row, alerts), change.transition, change.note)
+
+    def add_note(self, incident_id: str, *, content: str, author: str | None = None) -> dict[str, Any]:
+        """Append a note, exactly as a PATCH with `note` and `author` does; the note as stored."""
+        return self.update_incident(incident_id, note=content, author=author).note
 
     # ------------------------------------------------------------------ alerts and timeline
 
