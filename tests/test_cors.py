@@ -40,6 +40,7 @@ def test_an_origin_outside_cors_origins_is_not_allowed(client):
         (INCIDENT, "PATCH", {"GET", "HEAD", "OPTIONS", "PATCH"}),
         (f"{INCIDENT}/events", "GET", {"GET", "HEAD", "OPTIONS"}),
         (f"{INCIDENT}/alerts", "POST", {"OPTIONS", "POST"}),
+        (f"{INCIDENT}/notes", "POST", {"OPTIONS", "POST"}),
     ],
 )
 def test_a_preflight_offers_only_the_methods_of_its_route(client, path, asked, methods):
