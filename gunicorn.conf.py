@@ -14,10 +14,8 @@ monkey.patch_all()
 
 import gc
 import glob
-import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 
 # prometheus_client chooses multiprocess mode when it is first imported (incident_app imports it),
@@ -34,19 +32,17 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 from incident_app import migrate
 from incident_app.logs import JsonFormatter
-from incident_app.settings import Settings, SettingsError
+from incident_app.settings import available_cpus, settings_or_exit
 
-try:
-    settings = Settings.from_env()
-except SettingsError as exc:
-    sys.exit(f"configuration error: {exc}")
+settings = settings_or_exit()
 
 bind = f"0.0.0.0:{settings.service_port}"
 # gunicorn's gevent worker, answering the server's own refusals (bad request line or header, URI or
 # header too long) in the contract's JSON and ending bodies that stop arriving (incident_app/http_server.py).
 worker_class = "incident_app.http_server.IncidentWorker"
-# One gevent worker per core serves many requests at once; WEB_CONCURRENCY overrides the count.
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+# One gevent worker per CPU this container may use serves many requests at once; WEB_CONCURRENCY
+# overrides the count.
+workers = settings.web_concurrency or available_cpus()
 # Connections a worker holds at once. A connection costs a greenlet and a socket, not a thread: a
 # high bound lets thousands of slow or stalled clients wait out their timeouts, and live-feed
 # followers (SSE, WebSocket; each holds one for as long as it follows, but no database connection)

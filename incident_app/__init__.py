@@ -6,9 +6,10 @@ import contextlib
 from dataclasses import replace
 from datetime import timedelta
 
+import alembic.util
 import click
+import sqlalchemy.exc
 from flask import Flask, Response, request
-from flask_cors import CORS
 
 from incident_app import migrate
 from incident_app.access import install_api_keys
@@ -16,6 +17,7 @@ from incident_app.analytics_cache import AnalyticsCache, computations_for_pool
 from incident_app.api import docs, health, incidents, stream
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
+from incident_app.cors import install_cors
 from incident_app.db import create_engine
 from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
@@ -72,10 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_request_logging(app)
     install_api_keys(app, settings)
     stream.init_app(app, api)  # after the key check, so a WebSocket without a key is a 401 first
-    CORS(
-        app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
-        expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
-    )
+    install_cors(app, settings)
 
     engine = create_engine(settings)
     http = pooled_transport()
@@ -144,16 +143,32 @@ def _register_cli(app: Flask, settings: Settings) -> None:
     @click.argument("revision", default="head")
     def upgrade(revision: str) -> None:
         """Bring the database schema to REVISION (default: head)."""
-        migrate.upgrade(settings, revision)
+        # One line an operator can act on (an unknown revision, a database that does not answer),
+        # not alembic's or the driver's traceback.
+        try:
+            migrate.check_revision(revision)
+            migrate.upgrade(settings, revision)
+        except alembic.util.CommandError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlalchemy.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc.__class__.__name__
+            raise click.ClickException(f"database not reachable or refused the upgrade: {reason}") from None
         click.echo(f"database at {migrate.head_revision() if revision == 'head' else revision}")
 
     @app.cli.group("background")
     def background() -> None:
-        """Background work: outbox retries, escalation checks, idempotency key expiry."""
+        """Background work: notification retries, escalation checks, idempotency key expiry and the
+        folding of the list totals' counter rows."""
 
     @background.command("run")
     def run_background() -> None:
-        """Run the background work in the foreground, for a deployment with BACKGROUND_WORK=false."""
+        """Run the background work in the foreground, for a deployment with BACKGROUND_WORK=false.
+
+        Four jobs: notification retries from the outbox (every second), escalation checks (every
+        ESCALATION_CHECK_SECONDS), idempotency key expiry (every 5 minutes) and the folding of the
+        list totals' counter rows (every minute). Safe beside the gunicorn workers' own: every job
+        claims its work through the database.
+        """
         click.echo("background work running; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             app.extensions["background"].run()

@@ -26,7 +26,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from incident_app.lifecycle import SEVERITIES, Transition
+from incident_app.lifecycle import SEVERITIES, STATUSES, Transition
+from incident_app.peers.notify import CHANNEL
 from incident_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,20 @@ class IncidentMetrics:
             "incident_escalations_total", "Escalations of incidents left open, by severity.",
             ["severity"], registry=registry,
         )
+        self._create_every_series()
+
+    def _create_every_series(self) -> None:
+        # A series that appears only with its first event hides that event from rate() and
+        # increase(): every label value the service uses exists at 0 from the first scrape. In
+        # multiprocess mode each worker writes these zeros to its own files, and zeros sum to zero.
+        for severity in SEVERITIES:
+            for status in STATUSES:
+                self.incidents_total.labels(status=status, severity=severity)
+            self.mtta.labels(severity=severity)
+            self.mttr.labels(severity=severity)
+            self.escalations_total.labels(severity=severity)
+        for outcome in ("sent", "failed"):
+            self.notifications_total.labels(channel=CHANNEL, status=outcome)
 
     def incident_opened(self, severity: str) -> None:
         self.incidents_total.labels(status="open", severity=severity).inc()
@@ -83,7 +98,7 @@ class IncidentMetrics:
 
 
 class OpenIncidentsCollector(Collector):
-    """`open_incidents{severity}` as the database counts it now: one grouped COUNT per scrape.
+    """`open_incidents{severity}` as the database counts it now, read from the counts table.
 
     Counting in the database, rather than inc()/dec() in a worker, keeps the gauge true across
     workers, restarts, other replicas and rows changed behind the service's back. When the database

@@ -31,6 +31,15 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
+def check_revision(revision: str) -> None:
+    """Raise alembic's CommandError for a revision no file names, before anything connects.
+
+    Relative revisions (`+1`, `-1`) can only be resolved against the database; alembic checks them.
+    """
+    if not revision.startswith(("+", "-")):
+        ScriptDirectory(str(MIGRATIONS_DIR)).get_revisions(revision)
+
+
 @lru_cache(maxsize=1)
 def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

@@ -7,13 +7,17 @@ so start-up stops with something an operator can act on.
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_SQLITE_URL = "sqlite:///incident-management.db"
+# cgroup v2's CPU limit of this container ("<quota> <period>" in microseconds, or "max <period>").
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
 class SettingsError(ValueError):
@@ -146,6 +150,8 @@ class Settings:
     analytics_cache_seconds: float = 30.0
     # Seconds a request's body may take to arrive after its headers: then 408 and the connection closes.
     request_timeout_seconds: float = 30.0
+    # gunicorn worker processes; None: the CPUs this process may use (available_cpus()).
+    web_concurrency: int | None = None
 
     @property
     def is_production(self) -> bool:
@@ -178,6 +184,15 @@ class Settings:
         return cls(**values)
 
 
+def settings_or_exit() -> Settings:
+    """The environment's settings, or the end of the process with the one line naming the bad value:
+    what every way of starting the service (gunicorn, `flask --app wsgi …`) prints, never a traceback."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
 # Environment variable → (Settings attribute, parser).
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", normalize_database_url),
@@ -204,4 +219,28 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BACKGROUND_WORK": ("background_work", _flag),
     "ANALYTICS_CACHE_SECONDS": ("analytics_cache_seconds", _number(float, minimum=0)),
     "REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _number(float, minimum=0.1, maximum=3600)),
+    "WEB_CONCURRENCY": ("web_concurrency", _number(int, minimum=1, maximum=256)),
 }
+
+
+def cgroup_cpu_limit(cpu_max_text: str) -> int | None:
+    """The whole CPUs a cgroup v2 `cpu.max` allows (its quota rounded up), None when unlimited."""
+    quota, _, period = cpu_max_text.strip().partition(" ")
+    if quota in ("", "max"):
+        return None
+    return max(1, math.ceil(int(quota) / int(period or "100000")))
+
+
+def available_cpus(cpu_max_path: str = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, capped by its container's CPU quota.
+
+    os.cpu_count() is the host's: in a container limited to 2 CPUs of a 64-core host it would start
+    64 workers, each with its own database pool.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cpu_max_path) as cpu_max:
+            limit = cgroup_cpu_limit(cpu_max.read())
+    except (OSError, ValueError):  # no cgroup v2 here, or a file this parser does not know
+        limit = None
+    return min(cpus, limit) if limit is not None else cpus

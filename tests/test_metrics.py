@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from incident_app.lifecycle import SEVERITIES
+from incident_app.lifecycle import SEVERITIES, STATUSES
 from tests.support.proxy import TcpProxy
 
 CONTRACT = {
@@ -48,6 +48,22 @@ def test_contract_metrics_have_their_types_and_label_names(client):
         assert found[name].type == kind, name
         sample_labels = {key for s in found[name].samples for key in s.labels if key != "le"}
         assert sample_labels == labels, name
+
+
+def test_every_series_exists_at_zero_before_the_first_event(client):
+    found = families(client)
+    for name, labels in (
+        ("incidents", [{"status": t, "severity": s} for t in STATUSES for s in SEVERITIES]),
+        ("oncall_notifications_sent", [{"channel": "mock", "status": t} for t in ("sent", "failed")]),
+        ("incident_escalations", [{"severity": s} for s in SEVERITIES]),
+    ):
+        samples = [s for s in found[name].samples if s.name.endswith("_total")]
+        assert sorted((sorted(s.labels.items()), s.value) for s in samples) == sorted(
+            (sorted(want.items()), 0.0) for want in labels
+        ), name
+    for name in ("incident_mtta_seconds", "incident_mttr_seconds"):
+        counts = {s.labels["severity"]: s.value for s in found[name].samples if s.name.endswith("_count")}
+        assert counts == dict.fromkeys(SEVERITIES, 0.0), name
 
 
 def test_open_incidents_lists_every_severity_with_zero_when_none(client):

@@ -14,7 +14,7 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from incident_app.lifecycle import SEVERITIES
+from incident_app.lifecycle import SEVERITIES, STATUSES
 from tests.support.gunicorn import GunicornService
 
 SCRAPES = 6
@@ -121,6 +121,33 @@ def patch(url: str, incident_id: str, status: str) -> requests.Response:
 
 def test_stale_multiprocess_files_are_emptied_at_start(service, multiproc_dir):
     assert not (multiproc_dir / STALE_FILE).exists()
+
+
+def expected_zero_series() -> set[Sample]:
+    """Every series of the contract's table, as it must read before the first event."""
+    series = set()
+    for severity in SEVERITIES:
+        for status in STATUSES:
+            series.add(("incidents_total", frozenset({"status": status, "severity": severity}.items())))
+        for name in ("incident_mtta_seconds_count", "incident_mttr_seconds_count", "incident_escalations_total"):
+            series.add((name, frozenset({"severity": severity}.items())))
+    for status in ("sent", "failed"):
+        series.add(("oncall_notifications_sent_total", frozenset({"channel": "mock", "status": status}.items())))
+    return series
+
+
+def test_every_series_exists_at_zero_from_the_first_scrape_of_every_worker(service, multiproc_dir):
+    # Runs before any event of this module: each worker pre-creates its series, and the zeros of
+    # both workers' files sum to one series at 0, never to two.
+    for _ in range(SCRAPES):
+        _, samples = scrape(service.url)
+        present = {key: v for key, v in samples.items() if key in expected_zero_series()}
+        assert present == dict.fromkeys(expected_zero_series(), 0.0)
+        for severity in SEVERITIES:
+            for le in (*(f"{float(b)}" for b in MTTA_BUCKETS.split(",")), "+Inf"):
+                bucket = ("incident_mtta_seconds_bucket", frozenset({"severity": severity, "le": le}.items()))
+                assert samples[bucket] == 0
+    assert len({f.name for f in multiproc_dir.glob("counter_*.db")}) >= 2
 
 
 def test_creates_raise_incidents_total_by_n_in_every_scrape(service, multiproc_dir):

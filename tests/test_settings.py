@@ -1,12 +1,13 @@
 """Configuration: every variable parsed once, defaults as the contract gives them, one clear line
 for a bad value."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from incident_app.settings import DEFAULT_SQLITE_URL, Settings, SettingsError
+from incident_app.settings import DEFAULT_SQLITE_URL, Settings, SettingsError, available_cpus, cgroup_cpu_limit
 from tests.support.gunicorn import ROOT
 
 
@@ -29,6 +30,7 @@ def test_defaults_match_the_contract():
     assert s.log_level == "INFO"
     assert s.api_keys == ()
     assert s.analytics_cache_seconds == 30
+    assert s.web_concurrency is None  # gunicorn.conf.py: available_cpus()
 
 
 def test_every_variable_is_read():
@@ -42,6 +44,7 @@ def test_every_variable_is_read():
         "ONCALL_SERVICE_URL": "http://oncall:1/", "NOTIFICATION_SERVICE_URL": "https://notify:2",
         "ALERT_SERVICE_URL": "http://alerts:3", "MTTA_BUCKETS": "1,2.5,10", "MTTR_BUCKETS": "5,50",
         "LOG_LEVEL": "debug", "API_KEYS": "k1, k2", "ANALYTICS_CACHE_SECONDS": "2.5",
+        "WEB_CONCURRENCY": "3",
     })
     assert s.database_url == "postgresql+psycopg2://u@db:5432/incidents"
     assert (s.service_name, s.service_port, s.environment, s.app_version) == ("inc", 9000, "staging", "2.3.4")
@@ -56,6 +59,7 @@ def test_every_variable_is_read():
     assert s.log_level == "DEBUG"
     assert s.api_keys == ("k1", "k2")
     assert s.analytics_cache_seconds == 2.5
+    assert s.web_concurrency == 3
 
 
 @pytest.mark.parametrize(
@@ -78,6 +82,8 @@ def test_every_variable_is_read():
         ("HEALTH_DISK_THRESHOLD", "101"),
         ("ANALYTICS_CACHE_SECONDS", "-1"),
         ("ANALYTICS_CACHE_SECONDS", "half a minute"),
+        ("WEB_CONCURRENCY", "two"),
+        ("WEB_CONCURRENCY", "0"),
     ],
 )
 def test_bad_value_names_variable_and_value(variable, value):
@@ -116,3 +122,29 @@ def test_gunicorn_start_stops_with_one_line_on_a_bad_value():
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "MTTA_BUCKETS" in line]
     assert lines == ["configuration error: MTTA_BUCKETS='10,5' is invalid: buckets must be strictly increasing"]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus"),
+    [("max 100000\n", None), ("200000 100000\n", 2), ("150000 100000\n", 2), ("50000 100000\n", 1),
+     ("400000 200000", 2), ("100000", 1)],
+)
+def test_the_cgroup_cpu_quota_is_read_as_whole_cpus(cpu_max, cpus):
+    assert cgroup_cpu_limit(cpu_max) == cpus
+
+
+def test_worker_count_defaults_to_the_containers_cpus_not_the_hosts(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    limited = tmp_path / "cpu.max"
+    limited.write_text("100000 100000\n")
+    assert available_cpus(str(limited)) == 1
+    unlimited = tmp_path / "unlimited"
+    unlimited.write_text("max 100000\n")
+    assert available_cpus(str(unlimited)) == affinity
+    generous = tmp_path / "generous"
+    generous.write_text(f"{(affinity + 8) * 100000} 100000\n")
+    assert available_cpus(str(generous)) == affinity
+    assert available_cpus(str(tmp_path / "absent")) == affinity
+    garbled = tmp_path / "garbled"
+    garbled.write_text("lots\n")
+    assert available_cpus(str(garbled)) == affinity

@@ -22,8 +22,14 @@ def free_port() -> int:
 
 
 class GunicornService:
-    def __init__(self, env: dict[str, str], *, workers: int = 2, log_path: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, workers: int = 2, log_path: Path | None = None,
+        cwd: Path = ROOT, command: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.cwd = cwd
+        # The whole command line; by default this interpreter's gunicorn with the checkout's config.
+        self.command = command or [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
         self.env = {
             **os.environ,
             "SERVICE_PORT": str(self.port),
@@ -31,6 +37,8 @@ class GunicornService:
             "LOG_LEVEL": "WARNING",
             **env,
         }
+        # None in env: the variable is unset for the service (its default applies).
+        self.env = {name: value for name, value in self.env.items() if value is not None}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -44,8 +52,7 @@ class GunicornService:
         # The child writes to the log itself; our handle is closed once it has it.
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True,
+            self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=log, start_new_session=True,
         )
         if log is not subprocess.DEVNULL:
             log.close()
@@ -63,11 +70,17 @@ class GunicornService:
         raise RuntimeError(f"gunicorn did not answer within {timeout}s; log: {self.log_path}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_process_group(self.process, sig)
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Signal a child started with start_new_session, and its children; SIGKILL after `timeout`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -1,0 +1,70 @@
+"""The README's API examples work as pasted: every shell block of its API section, in order, against
+the service under gunicorn (the id taken from the create, as the README does), answers JSON that is
+no error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.support.gunicorn import ROOT, GunicornService
+
+README_HOST = "localhost:8002"
+
+
+def api_section_shell_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## API\n"):text.index("\n### Behaviour where the contract leaves a choice")]
+    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+
+
+def json_documents(text: str) -> list[object]:
+    """The JSON documents curl printed one after another, with or without newlines between them."""
+    decoder, documents, at = json.JSONDecoder(), [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+    return documents
+
+
+@pytest.fixture
+def service(_session_peers, tmp_path):
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    oncall, notifier = _session_peers
+    oncall.respond(200, {"primary": {"name": "Alice", "email": "alice@example.com"}})
+    notifier.respond(200, {"status": "sent"})
+    service = GunicornService(
+        {"DATABASE_URL": f"sqlite:///{tmp_path}/readme.db", "ONCALL_SERVICE_URL": oncall.url,
+         "NOTIFICATION_SERVICE_URL": notifier.url, "HTTP_CLIENT_TIMEOUT": "2"},
+        workers=1, log_path=tmp_path / "service.log",
+    ).start()
+    yield service
+    service.stop()
+
+
+def test_every_api_example_of_the_readme_works_as_pasted(service):
+    blocks = api_section_shell_blocks()
+    assert len(blocks) >= 6
+    # One shell, so that the id the first block keeps serves the later ones.
+    markers = [f"echo '<<block {n}>>'\n{block}\necho\n" for n, block in enumerate(blocks)]
+    script = "set -eu\n" + "".join(markers).replace(README_HOST, f"127.0.0.1:{service.port}")
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outputs = re.split(r"<<block \d+>>\n", done.stdout)[1:]
+    assert len(outputs) == len(blocks)
+    created_id = outputs[0].strip()
+    assert re.fullmatch(r"inc-[0-9a-f]{16}", created_id), outputs[0]
+    for block, output in zip(blocks[1:], outputs[1:], strict=True):
+        if "/metrics" in block:
+            assert "open_incidents{" in output
+            output = output[:output.index("# HELP")]
+        documents = json_documents(output)
+        assert documents, block
+        errors = [d for d in documents if isinstance(d, dict) and isinstance(d.get("code"), int) and d["code"] >= 400]
+        # A wrong id would be a 404 here: the blocks that use $id reached the incident the first made.
+        assert errors == [], block
