@@ -48,7 +48,8 @@ def service(_session_peers, tmp_path):
 
 
 def test_every_api_example_of_the_readme_works_as_pasted(service):
-    blocks = api_section_shell_blocks()
+    # A followed stream (`curl -N`) never ends by itself: those blocks are run apart, for a while.
+    blocks = [block for block in api_section_shell_blocks() if "curl -N" not in block]
     assert len(blocks) >= 6
     # One shell, so that the id the first block keeps serves the later ones.
     markers = [f"echo '<<block {n}>>'\n{block}\necho\n" for n, block in enumerate(blocks)]
@@ -68,3 +69,14 @@ def test_every_api_example_of_the_readme_works_as_pasted(service):
         errors = [d for d in documents if isinstance(d, dict) and isinstance(d.get("code"), int) and d["code"] >= 400]
         # A wrong id would be a 404 here: the blocks that use $id reached the incident the first made.
         assert errors == [], block
+
+
+def test_the_readme_stream_examples_answer_as_an_event_stream(service):
+    streams = [line.split("#")[0].strip() for block in api_section_shell_blocks() for line in block.splitlines()
+               if line.startswith("curl -N")]
+    assert streams
+    for command in streams:
+        command = command.replace(README_HOST, f"127.0.0.1:{service.port}").replace("curl -N", "curl -sN --max-time 2")
+        done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 28, (command, done.stderr)  # still streaming when curl stopped following
+        assert done.stdout.startswith("retry: 3000"), (command, done.stdout)
