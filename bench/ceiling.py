@@ -21,9 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from incident_app.db import create_engine, reading, single_statement, warm_pool
+from incident_app.db import create_engine, warm_pool
 from incident_app.settings import Settings
 from incident_app.tables import incidents
+from incident_app.transactions import reading, single_statement
 
 settings = Settings.from_env()
 engine = create_engine(settings)

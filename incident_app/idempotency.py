@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from werkzeug.exceptions import Conflict, UnprocessableEntity
 
-from incident_app.db import transaction
 from incident_app.repository import idempotency as keys
+from incident_app.transactions import transaction
 
 KEEP_FOR = timedelta(hours=24)
 MAX_KEY_LENGTH = 255

@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine, Row
 
-from incident_app.db import Bound, execute_together, single_statement, transaction
 from incident_app.metrics import IncidentMetrics
 from incident_app.peers.notify import CHANNEL, NotificationClient
 from incident_app.repository import events
 from incident_app.repository import outbox as queue
+from incident_app.statements import Bound, execute_together
+from incident_app.transactions import single_statement, transaction
 
 log = logging.getLogger(__name__)
 

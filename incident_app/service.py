@@ -17,7 +17,6 @@ from sqlalchemy.engine import Connection, Engine, Row
 from incident_app import lifecycle
 from incident_app.analytics_cache import AnalyticsCache
 from incident_app.batching import GroupCommit
-from incident_app.db import execute_together, reading, single_statement, transaction
 from incident_app.errors import IncidentNotFound, NothingToUpdate
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
@@ -28,7 +27,9 @@ from incident_app.repository import events, first_contacts
 from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
 from incident_app.repository.first_contacts import FirstContact
+from incident_app.statements import execute_together
 from incident_app.tables import incidents
+from incident_app.transactions import reading, single_statement, transaction
 
 log = logging.getLogger(__name__)
 

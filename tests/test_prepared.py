@@ -7,8 +7,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from incident_app.db import execute_prepared, reading, transaction
+from incident_app.prepared import execute_prepared
 from incident_app.tables import incidents
+from incident_app.transactions import reading, transaction
 
 NEW = {"title": "Checkout errors", "service": "payments", "severity": "high"}
 

@@ -12,12 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from incident_app import tables
-from incident_app.db import Bound, execute_together, single_statement, transaction
 from incident_app.repository import events
 from incident_app.repository import incidents as repo
 from incident_app.repository import outbox as outbox_queue
 from incident_app.repository.first_contacts import FirstContact
+from incident_app.statements import Bound, execute_together
 from incident_app.tables import incident_events
+from incident_app.transactions import single_statement, transaction
 
 postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 pytestmark = postgresql_only

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from incident_app.db import Bound, prefixed
+from incident_app.statements import Bound, prefixed
 from incident_app.tables import incident_events
 
 COLUMNS = ("incident_id", "type", "actor", "details", "created_at")

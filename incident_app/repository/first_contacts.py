@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import arrays, unnest_arrays
 from incident_app.repository import events
 from incident_app.repository.outbox import PENDING, SENT
+from incident_app.statements import arrays, unnest_arrays
 from incident_app.tables import incident_events, incidents, notification_outbox
 
 

@@ -15,18 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import (
-    Bound,
-    arrays,
-    autocommitting,
-    bind,
-    execute_prepared,
-    execute_together,
-    insert_arrays,
-    prefixed,
-)
+from incident_app.prepared import execute_prepared
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
+from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed
 from incident_app.tables import (
     UTCDateTime,
     incident_alerts,
@@ -35,6 +27,7 @@ from incident_app.tables import (
     incidents,
     notification_outbox,
 )
+from incident_app.transactions import autocommitting
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import Bound, bind, prefixed
+from incident_app.statements import Bound, bind, prefixed
 from incident_app.tables import notification_outbox
 
 PENDING, SENT, EXPIRED = "pending", "sent", "expired"
