@@ -1,4 +1,5 @@
-"""Domain exceptions and the one JSON error shape every path answers with.
+"""Every domain exception and the one JSON error shape every path (and the OpenAPI document's
+examples) answers with.
 
 `{"code": 404, "status": "Not Found", "message": "…"}`, plus `"errors": {field: [messages]}`
 for validation errors. Never an HTML page, never a stack trace.
@@ -12,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import Conflict, HTTPException, UnprocessableEntity
 
 from incident_app.lifecycle import InvalidTransition
 
@@ -27,6 +28,14 @@ class IncidentNotFound(Exception):
 class NothingToUpdate(Exception):
     def __init__(self) -> None:
         super().__init__("nothing to update: give at least one of status, assigned_to, note")
+
+
+class IdempotencyKeyReused(UnprocessableEntity):
+    description = "this Idempotency-Key was used with a different request body"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    description = "a request with this Idempotency-Key is still being processed; retry shortly"
 
 
 class Unauthorized(Exception):

@@ -107,13 +107,13 @@ class NotificationOutbox:
         """One attempt, nothing recorded: the caller records it (`sent` or `record_failure`), then `count`s it."""
         return self.notifier.send(pending.payload)
 
-    def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound]:
+    def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound | None]:
         """What records a delivered attempt: the row marked sent (with the payload that went out) and
-        its `notified` event, independent writes for one statement (db.execute_together)."""
-        notified = events.event(pending.incident_pk, "notified", at=now, details=self.notified_details(pending))
-        return (
-            queue.mark_sent(pending.id, attempts=pending.attempts + 1, now=now, payload=pending.payload),
-            events.insert_events(notified, dialect=self.engine.dialect.name, prefix="notified"),
+        its `notified` event, independent writes for one statement (statements.execute_together)."""
+        return queue.delivered(
+            notification_id=pending.id, incident_pk=pending.incident_pk, attempts=pending.attempts + 1,
+            payload=pending.payload, details=self.notified_details(pending), now=now,
+            dialect=self.engine.dialect.name,
         )
 
     def notified_details(self, pending: Pending) -> dict[str, Any]:

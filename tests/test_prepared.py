@@ -1,4 +1,4 @@
-"""Server-side prepared statements (db.execute_prepared): what get one and lists run on PostgreSQL."""
+"""Server-side prepared statements (prepared.execute_prepared): what get one and lists run on PostgreSQL."""
 
 from __future__ import annotations
 
