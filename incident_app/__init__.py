@@ -11,7 +11,7 @@ from flask_cors import CORS
 
 from incident_app import migrate
 from incident_app.access import install_api_keys
-from incident_app.analytics_cache import AnalyticsCache
+from incident_app.analytics_cache import AnalyticsCache, computations_for_pool
 from incident_app.api import docs, health, incidents
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
@@ -101,7 +101,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         incident_service=IncidentService(
             store=store, opening=opening, idempotency=idempotency, metrics=metrics, clock=utcnow,
             alert_service_url=settings.alert_service_url,
-            analytics_cache=AnalyticsCache(max_age=settings.analytics_cache_seconds),
+            analytics_cache=AnalyticsCache(
+                max_age=settings.analytics_cache_seconds,
+                max_concurrent=computations_for_pool(settings.db_pool_max),
+            ),
         ),
         # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
         # an app built by a test or a CLI command must not start timers behind its back.

@@ -1,14 +1,18 @@
-"""Analytics answers shared within one process: one computation per filter set at a time, and a costly
-answer reused for a short while, then refreshed in the background (each gunicorn worker has its own)."""
+"""Analytics answers shared within one process: one computation per filter set at a time, a bounded
+number of computations at once, and a costly answer reused for a short while, then refreshed in the
+background (each gunicorn worker has its own)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
+
+from incident_app.errors import AnalyticsBusy
 
 T = TypeVar("T")
 
@@ -18,6 +22,16 @@ SLOW_AFTER_SECONDS = 0.1
 # Dashboards ask for a handful of filter sets; the bound keeps arbitrary `since`/`until` values from
 # growing the memory of a worker.
 MAX_FILTER_SETS = 64
+# Seconds a computation waits for its turn before its requests answer 503: well inside a client's
+# patience, and long enough that a burst of cold filter sets is worked through rather than refused.
+TURN_WAIT_SECONDS = 20.0
+
+
+def computations_for_pool(pool_size: int) -> int:
+    """How many analytics computations one worker runs at once: a quarter of its database pool (at
+    least one), so that however many cold filter sets arrive, most connections stay free for the
+    creates, acknowledges, probes and background work that share the pool."""
+    return max(1, pool_size // 4)
 
 
 class _Computation:
@@ -52,22 +66,31 @@ class AnalyticsCache:
     first computation of a filter set is waited for. Answers are shared between requests: callers
     must not mutate them. `threading` primitives are cooperative under gevent (gunicorn's workers
     monkey-patch them) and real in plain threads.
+
+    At most `max_concurrent` computations run at once (None: no bound); the others wait for a turn,
+    up to `turn_wait` seconds, then fail with AnalyticsBusy. Each computation holds a database
+    connection for its whole length: unbounded, 32 cold filter sets at a million rows held every
+    connection of the pool for seconds, and creates failed with 503 waiting for one.
     """
 
     def __init__(
         self,
         *,
         max_age: float,
+        max_concurrent: int | None = None,
+        turn_wait: float = TURN_WAIT_SECONDS,
         slow_after: float = SLOW_AFTER_SECONDS,
         max_entries: int = MAX_FILTER_SETS,
         clock: Callable[[], float] = time.monotonic,
         spawn: Callable[[Callable[[], None]], None] = _in_background,
     ) -> None:
         self.max_age = max_age
+        self.turn_wait = turn_wait
         self.slow_after = slow_after
         self.max_entries = max_entries
         self.clock = clock
         self.spawn = spawn
+        self._turns = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
         self._lock = threading.Lock()
         self._computations: OrderedDict[Hashable, _Computation] = OrderedDict()
         self._refreshing: set[Hashable] = set()
@@ -96,9 +119,24 @@ class AnalyticsCache:
         current.done.wait()
         return current.outcome()
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self._turns is None:
+            yield
+            return
+        if not self._turns.acquire(timeout=self.turn_wait):
+            raise AnalyticsBusy(self.turn_wait)
+        try:
+            yield
+        finally:
+            self._turns.release()
+
     def _run(self, filters: Hashable, computation: _Computation, compute: Callable[[], Any]) -> None:
         try:
-            computation.answer = compute()
+            with self._turn():
+                # An answer's age and cost count from when it was computed, not from its wait.
+                computation.started = self.clock()
+                computation.answer = compute()
         except BaseException as exc:
             # Anything, even a greenlet kill, must reach the waiters, or they would wait forever.
             computation.error, computation.traceback = exc, exc.__traceback__

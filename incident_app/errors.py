@@ -43,6 +43,13 @@ class Unauthorized(Exception):
         super().__init__("missing or invalid API key: send Authorization: Bearer <key>")
 
 
+class AnalyticsBusy(Exception):
+    """Analytics computations were all taken for longer than a request waits for one."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"analytics are busy (no turn within {waited:g} s); try again shortly")
+
+
 def error_body(code: int, message: str, errors: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
     if errors:
@@ -94,6 +101,12 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(
         Unauthorized, lambda e: _respond(401, str(e), headers={"WWW-Authenticate": "Bearer"})
     )
+
+    @app.errorhandler(AnalyticsBusy)
+    def _analytics_busy(error: AnalyticsBusy):
+        # Load, not a failure of the service: the database is fine and the rest is being answered.
+        log.warning("%s", error)
+        return _respond(503, str(error), headers={"Retry-After": "5"})
 
     @app.errorhandler(sa.exc.DataError)
     def _unstorable(error: sa.exc.DataError):

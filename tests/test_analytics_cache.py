@@ -1,6 +1,7 @@
 """Analytics answers shared per process: one computation per filter set at a time, a slow answer
 fresh until it is ANALYTICS_CACHE_SECONDS old and then served while one background refresh makes its
-successor, a cheap one never reused, and at most 64 filter sets kept."""
+successor, a cheap one never reused, at most 64 filter sets kept, and at most a quarter of the pool
+computing at once."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from incident_app.analytics_cache import MAX_FILTER_SETS, SLOW_AFTER_SECONDS, AnalyticsCache
+from incident_app.analytics_cache import (
+    MAX_FILTER_SETS,
+    SLOW_AFTER_SECONDS,
+    AnalyticsCache,
+    computations_for_pool,
+)
+from incident_app.errors import AnalyticsBusy
 from incident_app.repository.analytics import AnalyticsFilters
 
 URL = "/api/v1/incidents/analytics"
@@ -283,3 +290,61 @@ def test_zero_analytics_cache_seconds_turns_reuse_off(make_app, create_incident)
     assert total(client) == 0
     create_incident(via=client)
     assert total(client) == 1
+
+
+# --------------------------------------------------------------------------- turns
+
+
+def test_no_more_computations_run_at_once_than_the_bound():
+    cache = AnalyticsCache(max_age=0, max_concurrent=2)
+    release = threading.Event()
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    def compute() -> dict:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+        return {"ok": True}
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = [pool.submit(cache.answer, AnalyticsFilters(service=f"svc-{i}"), compute) for i in range(6)]
+        wait_until(lambda: running[0] == 2)
+        time.sleep(0.05)  # the other four have had every chance to start, and must not have
+        assert peak[0] == 2
+        release.set()
+        assert [a.result(timeout=5) for a in answers] == [{"ok": True}] * 6
+    assert peak[0] == 2
+
+
+def test_a_computation_that_gets_no_turn_in_time_fails_busy_and_frees_its_filter_set():
+    cache = AnalyticsCache(max_age=0, max_concurrent=1, turn_wait=0.05)
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(cache.answer, ALL, lambda: release.wait(5) and {"first": True})
+        wait_until(lambda: cache._turns._value == 0)
+        with pytest.raises(AnalyticsBusy):
+            cache.answer(CRITICAL, lambda: {"never": True})
+        release.set()
+        assert held.result(timeout=5) == {"first": True}
+    assert cache.answer(CRITICAL, lambda: {"second": True}) == {"second": True}  # the failure was not kept
+
+
+@pytest.mark.parametrize(("pool", "turns"), [(1, 1), (4, 1), (10, 2), (16, 4), (40, 10)])
+def test_a_worker_gives_analytics_a_quarter_of_its_pool(pool, turns):
+    assert computations_for_pool(pool) == turns
+
+
+def test_analytics_without_a_turn_answer_503_json_with_retry_after(backend, make_app):
+    app = make_app()
+    cache = app.extensions["incident_service"].analytics_cache
+    cache.turn_wait = 0.05
+    while cache._turns.acquire(blocking=False):  # every turn taken, as by long computations
+        pass
+    response = app.test_client().get(URL)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["message"].startswith("analytics are busy")

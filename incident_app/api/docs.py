@@ -63,7 +63,8 @@ _DESCRIPTIONS = {
     401: "`API_KEYS` is set and the request has no valid `Authorization: Bearer <key>`.",
     413: "The body is larger than 1 MiB.",
     422: "A field is missing, unknown, of the wrong type or out of range; `errors` names each one.",
-    503: "The database does not answer; retry after `Retry-After` seconds.",
+    503: "The database does not answer (for analytics also: every computation this worker runs at once stayed "
+         "taken for 20 s); retry after `Retry-After` seconds.",
 }
 
 

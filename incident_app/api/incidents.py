@@ -79,6 +79,8 @@ class Analytics(MethodView):
         Counts, MTTA/MTTR averages and percentiles (linear interpolation, as PostgreSQL's
         `percentile_cont`), by severity, status and service. MTTA covers every incident with an
         `acknowledged_at`, MTTR every incident with a `resolved_at`. Seconds; null where there is no data.
+        A worker computes at most a quarter of its database pool's worth of analytics at once; a request
+        that gets no turn within 20 s answers 503.
         """
         return incidents_service().analytics(AnalyticsFilters(**query))
 
