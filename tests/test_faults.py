@@ -17,12 +17,12 @@ import requests
 from sqlalchemy.engine import make_url
 
 from tests.support.gunicorn import GunicornService
+from tests.support.incidents import VALID
 from tests.support.peers import FakePeer
 from tests.support.proxy import TcpProxy
 from tests.support.reliability import rows, wait_until
 
 NOTIFY = "/api/v1/notify"
-VALID = {"title": "Fault drill", "service": "drill", "severity": "high"}
 ONCALL_REPLY = {"primary": {"email": "alice@example.com"}, "secondary": {"email": "bob@example.com"}}
 
 

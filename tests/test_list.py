@@ -15,10 +15,6 @@ SUMMARY_FIELDS = {
 }
 
 
-def at(moment: datetime):
-    return lambda: moment
-
-
 @pytest.fixture
 def create(create_incident, clock):
     """An incident created at `when` (T0 unless given), by default a high one of payment-api."""

@@ -7,13 +7,15 @@ import sqlalchemy as sa
 
 from incident_app.service import OPTIMISTIC_ATTEMPTS
 from incident_app.tables import incident_events, incidents
+from tests.support.incidents import VALID
 
-VALID = {"title": "Disk full", "service": "storage", "severity": "medium"}
+# Medium: the metrics these tests read are labelled by severity.
+MEDIUM = {**VALID, "severity": "medium"}
 
 
 @pytest.fixture
-def incident(client):
-    return client.post("/api/v1/incidents", json=VALID).get_json()
+def incident(create_incident):
+    return create_incident(severity="medium")
 
 
 def patch(client, incident, **body):
@@ -92,7 +94,7 @@ def test_transition_metrics_are_observed_once_per_incident(app, client, incident
 def test_backdated_acknowledge_observes_the_real_mtta(app, client, clock):
     created = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
     clock.set(created)
-    incident = client.post("/api/v1/incidents", json=VALID).get_json()
+    incident = client.post("/api/v1/incidents", json=MEDIUM).get_json()
     clock.set(created + timedelta(seconds=95.5))
     acked = patch(client, incident, status="acknowledged").get_json()
     assert acked["mtta_seconds"] == 95.5

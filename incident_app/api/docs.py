@@ -47,14 +47,14 @@ class ErrorSchema(ma.Schema):
 
 ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
     400: error_body(400, "cannot change status from resolved to acknowledged (resolved is final)",
-                {"status": ["resolved → acknowledged is not allowed"]}),
+                    {"status": ["resolved → acknowledged is not allowed"]}),
     401: error_body(401, "missing or invalid API key: send Authorization: Bearer <key>"),
     404: error_body(404, "incident inc-3fa85f6457174562 not found"),
     405: error_body(405, "The method is not allowed for the requested URL."),
     409: error_body(409, "a request with this Idempotency-Key is still in progress"),
     413: error_body(413, "The data value transmitted exceeds the capacity limit."),
     422: error_body(422, "invalid input: see errors", {"severity": ["Must be one of: critical, high, medium, low."],
-                                                   "bogus": ["Unknown field."]}),
+                                                       "bogus": ["Unknown field."]}),
     500: error_body(500, "internal server error"),
     503: error_body(503, "database unavailable, try again shortly"),
 }
