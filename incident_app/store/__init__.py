@@ -5,6 +5,7 @@ written as JSON by the database, the platform's alert fields), SqliteStore does 
 
 from __future__ import annotations
 
+import abc
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -24,7 +25,7 @@ from incident_app.transactions import reading, single_statement, transaction
 __all__ = ["FirstContact", "Store", "open_store"]
 
 
-class Store:
+class Store(abc.ABC):
     """What the two stores share; each overrides what its database does its own way."""
 
     def __init__(self, engine: Engine) -> None:
@@ -101,9 +102,10 @@ class Store:
     def linked_alerts(self, conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:
         return repo.linked_alerts(conn, [incident_pk])[incident_pk]
 
+    @abc.abstractmethod
     def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:
-        """A page of incidents, newest first, with the number matching the filters."""
-        raise NotImplementedError
+        """A page of incidents, newest first, with the number matching the filters: one kind of
+        value whichever store writes it."""
 
 
 def open_store(engine: Engine) -> Store:
