@@ -15,14 +15,23 @@ import sqlalchemy as sa
 from flask import Flask, jsonify
 from werkzeug.exceptions import Conflict, HTTPException, UnprocessableEntity
 
-from incident_app.lifecycle import InvalidTransition
-
 log = logging.getLogger(__name__)
 
 
 class IncidentNotFound(Exception):
     def __init__(self, incident_id: str) -> None:
         super().__init__(f"incident {incident_id} not found")
+
+
+class InvalidTransition(Exception):
+    """A status change the lifecycle forbids (lifecycle.plan_transition); says what would have been
+    allowed instead."""
+
+    def __init__(self, current: str, requested: str, *, allowed: tuple[str, ...]) -> None:
+        self.current = current
+        self.requested = requested
+        hint = f"allowed from {current}: {', '.join(allowed)}" if allowed else f"{current} is final"
+        super().__init__(f"cannot change status from {current} to {requested} ({hint})")
 
 
 class NothingToUpdate(Exception):

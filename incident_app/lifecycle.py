@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from incident_app.errors import InvalidTransition
+
 
 class Severity(enum.StrEnum):
     CRITICAL = "critical"
@@ -30,17 +32,6 @@ _ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     Status.RESOLVED.value: (Status.OPEN.value, Status.ACKNOWLEDGED.value),
     Status.OPEN.value: (),
 }
-
-
-class InvalidTransition(Exception):
-    """A status change the lifecycle forbids; says what would have been allowed instead."""
-
-    def __init__(self, current: str, requested: str) -> None:
-        self.current = current
-        self.requested = requested
-        allowed = allowed_next(current)
-        hint = f"allowed from {current}: {', '.join(allowed)}" if allowed else f"{current} is final"
-        super().__init__(f"cannot change status from {current} to {requested} ({hint})")
 
 
 @dataclass(frozen=True)
@@ -73,5 +64,5 @@ def plan_transition(current: str, requested: str) -> Transition | None:
     if current == requested:
         return None
     if current not in _ALLOWED_FROM.get(requested, ()):
-        raise InvalidTransition(current, requested)
+        raise InvalidTransition(current, requested, allowed=allowed_next(current))
     return Transition(current, requested)
