@@ -32,7 +32,7 @@ SELECT gen_random_uuid(),
        st::incidents.incident_status,
        CASE WHEN r_assign < 0.9 THEN svc || '-primary@example.com' END,
        CASE WHEN r_note < 0.2 THEN jsonb_build_array(jsonb_build_object(
-              'text', 'rolled back the last deploy', 'author', 'bob',
+              'id', gen_random_uuid(), 'content', 'rolled back the last deploy', 'author', 'bob',
               'created_at', to_char(created + interval '3 minutes', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))
             ELSE '[]'::jsonb END,
        created, ack, res, greatest(created, ack, res)

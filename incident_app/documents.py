@@ -70,13 +70,15 @@ def rfc3339(value: datetime) -> str:
 
 
 def incident_document(row: Any, alerts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """An incident's fields as Python values (a row of `incidents`), with its alerts when given."""
+    """An incident's fields as Python values (a row of `incidents`), with its alerts (and their ids
+    alone) when given: the full incident document, IncidentSchema's."""
     mapping = row._mapping
     document = {name: mapping[name] for name in COLUMNS}
     for name, later in DERIVED_SECONDS.items():
         document[name] = _seconds(mapping[later], mapping["created_at"])
     if alerts is not None:
         document["alerts"] = list(alerts)
+        document["alert_ids"] = [alert["alert_id"] for alert in alerts]
     return document
 
 

@@ -78,9 +78,10 @@ class Escalator:
                 + (f"reassigned to on-call secondary {secondary}." if secondary and secondary != row.assigned_to
                    else "no other on-call engineer, notifying the assignee again.")
             )
+            system_note = note_entry(note, SYSTEM, now)
             changes = {
                 "escalation_level": level, "escalated_at": now, "updated_at": now,
-                "notes": [*row.notes, note_entry(note, SYSTEM, now)],
+                "notes": [*row.notes, system_note],
             }
             if assignee != row.assigned_to:
                 changes["assigned_to"] = assignee
@@ -90,7 +91,7 @@ class Escalator:
             if assignee != row.assigned_to:
                 events.record_event(conn, row.id, "reassigned", at=now, actor=SYSTEM,
                                     details={"from": row.assigned_to, "to": assignee})
-            events.record_event(conn, row.id, "note_added", at=now, actor=SYSTEM, details={"text": note})
+            events.record_event(conn, row.id, "note_added", at=now, actor=SYSTEM, details=system_note)
             pending = self.outbox.enqueue(
                 conn, incident=updated, engineer=assignee or row.service,
                 message=escalation_message(row.incident_id, row.title, row.severity, level), now=now,

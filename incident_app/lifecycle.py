@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,9 +51,11 @@ class Transition:
         return self.to_status == Status.RESOLVED.value
 
 
-def note_entry(text: str, author: str | None, at: datetime) -> dict[str, str | None]:
-    """A note as the incident's `notes` array keeps it."""
-    return {"text": text, "author": author, "created_at": at.isoformat(timespec="microseconds")}
+def note_entry(content: str, author: str | None, at: datetime) -> dict[str, str | None]:
+    """A new note as the incident's `notes` array keeps it, named as PagerDuty's notes and the
+    platform's web UI name them (`id`, `content`)."""
+    return {"id": str(uuid.uuid4()), "content": content, "author": author,
+            "created_at": at.isoformat(timespec="microseconds")}
 
 
 def allowed_next(current: str) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ class Change:
     timeline: list[dict[str, Any]]
     transition: lifecycle.Transition | None
     at: datetime
+    note: dict[str, Any] | None  # the note appended, as stored
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ class Patch:
             values["assigned_to"] = self.assigned_to
             timeline.append(events.event(row.id, "reassigned", at=now, actor=self.author,
                                          details={"from": row.assigned_to, "to": self.assigned_to}))
+        note = None
         if self.note is not None:
-            values["notes"] = [*row.notes, lifecycle.note_entry(self.note, self.author, now)]
-            timeline.append(events.event(row.id, "note_added", at=now, actor=self.author,
-                                         details={"text": self.note}))
+            note = lifecycle.note_entry(self.note, self.author, now)
+            values["notes"] = [*row.notes, note]
+            # The event carries the note as the incident keeps it, so a follower can show it as it is.
+            timeline.append(events.event(row.id, "note_added", at=now, actor=self.author, details=note))
         if values:
             values["updated_at"] = now
-        return Change(values, timeline, transition, now)
+        return Change(values, timeline, transition, now, note)

@@ -66,6 +66,15 @@ def status_field(*, description: str = "", **kwargs: Any) -> fields.String:
     return fields.String(validate=validate.OneOf(STATUSES), metadata=metadata, **kwargs)
 
 
+def note_content_field(**kwargs: Any) -> Text:
+    return Text(strip=True, validate=validate.Length(1, 10_000), metadata={"example": "rolled back the deploy"},
+                **kwargs)
+
+
+def author_field() -> Text:
+    return Text(allow_none=True, strip=True, validate=validate.Length(max=255), metadata={"example": "bob"})
+
+
 # ----------------------------------------------------------------------------- request bodies
 
 
@@ -104,8 +113,13 @@ class IncidentUpdateSchema(ma.Schema):
         allow_none=True, strip=True, validate=validate.Length(1, 255),
         metadata={"description": "An engineer identifier, or null to unassign.", "example": "alice@example.com"},
     )
-    note = Text(strip=True, validate=validate.Length(1, 10_000), metadata={"example": "rolled back the deploy"})
-    author = Text(allow_none=True, strip=True, validate=validate.Length(max=255), metadata={"example": "bob"})
+    note = note_content_field()
+    author = author_field()
+
+
+class NoteCreateSchema(ma.Schema):
+    content = note_content_field(required=True)
+    author = author_field()
 
 
 class AlertLinkSchema(ma.Schema):
@@ -165,7 +179,8 @@ class AnalyticsQuerySchema(ma.Schema):
 
 
 class NoteSchema(ma.Schema):
-    text = fields.String(required=True)
+    id = fields.UUID(required=True)
+    content = fields.String(required=True, metadata={"example": "rolled back the deploy"})
     author = fields.String(allow_none=True)
     created_at = fields.String(metadata={"format": "date-time"})
 
@@ -209,6 +224,11 @@ IncidentSummarySchema = ma.Schema.from_dict(
 
 class IncidentSchema(IncidentSummarySchema):  # type: ignore[misc,valid-type]
     alerts = fields.List(fields.Nested(LinkedAlertSchema), required=True)
+    alert_ids = fields.List(
+        fields.UUID(), required=True,
+        metadata={"description": "The linked alert ids alone, in the order of `alerts` "
+                                 "(the platform's web UI reads them)."},
+    )
 
 
 class IncidentPageSchema(ma.Schema):

@@ -41,10 +41,12 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Update:
-    """What a PATCH changed. `transition` is set only for the request that made the status change."""
+    """What a PATCH changed. `transition` is set only for the request that made the status change;
+    `note` is the note it appended, as stored."""
 
     incident: dict[str, Any]
     transition: lifecycle.Transition | None
+    note: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,11 @@ class IncidentService:
         if change.transition is not None:
             seconds = (change.at - row.created_at).total_seconds()
             self.metrics.status_changed(change.transition, row.severity, seconds)
-        return Update(self._document(row, alerts), change.transition)
+        return Update(self._document(row, alerts), change.transition, change.note)
+
+    def add_note(self, incident_id: str, *, content: str, author: str | None = None) -> dict[str, Any]:
+        """Append a note, exactly as a PATCH with `note` and `author` does; the note as stored."""
+        return self.update_incident(incident_id, note=content, author=author).note
 
     # ------------------------------------------------------------------ alerts and timeline
 

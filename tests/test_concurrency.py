@@ -55,7 +55,26 @@ def test_forty_simultaneous_notes_all_survive(live_service):
     responses = simultaneously(40, lambda s, i: s.patch(url, json={"note": f"note {i}"}, timeout=30))
     assert [r.status_code for r in responses] == [200] * 40
     notes = requests.get(url, timeout=10).json()["notes"]
-    assert sorted(n["text"] for n in notes) == sorted(f"note {i}" for i in range(40))
+    assert sorted(n["content"] for n in notes) == sorted(f"note {i}" for i in range(40))
+
+
+def test_forty_simultaneous_posted_and_patched_notes_all_survive(live_service):
+    """The web UI's POST …/notes appends as a PATCH note does: together, none is lost."""
+    incident_id = create(live_service)
+    url = f"{live_service.url}/api/v1/incidents/{incident_id}"
+
+    def append(session, i):
+        if i % 2:
+            return session.patch(url, json={"note": f"note {i}"}, timeout=30)
+        return session.post(f"{url}/notes", json={"content": f"note {i}", "author": "SRE Admin"}, timeout=30)
+
+    responses = simultaneously(40, append)
+    assert [r.status_code for r in responses] == [200 if i % 2 else 201 for i in range(40)]
+    notes = requests.get(url, timeout=10).json()["notes"]
+    assert sorted(n["content"] for n in notes) == sorted(f"note {i}" for i in range(40))
+    assert len({n["id"] for n in notes}) == 40
+    posted = [r.json() for i, r in enumerate(responses) if i % 2 == 0]
+    assert all(note in notes for note in posted)
 
 
 def test_thirty_simultaneous_creates_give_thirty_incidents(live_service):

@@ -31,7 +31,7 @@ def test_create_stores_an_open_incident_and_answers_201_with_location(client):
     assert incident["status"] == "open"
     assert incident["title"] == "Payment API error rate above 5%"
     assert incident["description"] == "5xx on /charge"
-    assert incident["notes"] == [] and incident["alerts"] == []
+    assert incident["notes"] == [] and incident["alerts"] == [] and incident["alert_ids"] == []
     assert incident["acknowledged_at"] is None and incident["resolved_at"] is None
     assert incident["mtta_seconds"] is None and incident["mttr_seconds"] is None
     for field in ("created_at", "updated_at"):
@@ -43,8 +43,8 @@ def test_create_response_has_exactly_the_contract_fields(client):
     incident = new_incident(client).get_json()
     assert set(incident) == {
         "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
-        "alerts", "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds", "mttr_seconds",
-        "escalation_level", "escalated_at",
+        "alerts", "alert_ids", "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds",
+        "mttr_seconds", "escalation_level", "escalated_at",
     }
 
 

@@ -19,6 +19,7 @@ CHROMIUM_FLAGS = (
 EXPECTED = {
     ("POST", "/api/v1/incidents"), ("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/analytics"),
     ("GET", "/api/v1/incidents/{incident_id}"), ("PATCH", "/api/v1/incidents/{incident_id}"),
+    ("POST", "/api/v1/incidents/{incident_id}/notes"),
     ("GET", "/health"), ("GET", "/health/ready"), ("GET", "/health/live"), ("GET", "/metrics"),
 }
 

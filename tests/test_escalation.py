@@ -37,7 +37,7 @@ def test_open_incident_is_escalated_to_the_secondary_after_the_timeout(app, clie
     assert incident["assigned_to"] == "bob@example.com"
     assert incident["status"] == "open"
     (note,) = incident["notes"]
-    assert note["author"] == "system" and "level 1" in note["text"]
+    assert note["author"] == "system" and "level 1" in note["content"]
     assert escalations(app) == before + 1
 
     notified = notifier.requests_to(NOTIFY)
@@ -47,6 +47,7 @@ def test_open_incident_is_escalated_to_the_secondary_after_the_timeout(app, clie
     events = client.get(f"/api/v1/incidents/{incident_id}/events").get_json()["events"]
     assert [e["type"] for e in events][3:] == ["escalated", "reassigned", "note_added", "notified"]
     assert events[3]["actor"] == "system" and events[3]["details"]["level"] == 1
+    assert events[5]["details"] == note  # the system note, as the incident keeps it
 
 
 def test_each_level_waits_a_timeout_after_the_previous_and_stops_at_three(app, client, notifier, create_incident):

@@ -120,8 +120,30 @@ def test_links_are_listed_oldest_first(client, app, create):
 
 def test_incident_without_alerts_has_an_empty_list(client, app, create):
     created = create([])
-    assert created["alerts"] == []
+    assert created["alerts"] == [] and created["alert_ids"] == []
     assert read(client, created["incident_id"])["alerts"] == []
+    assert read(client, created["incident_id"])["alert_ids"] == []
+
+
+def test_every_full_incident_carries_alert_ids_in_the_order_of_alerts(client, app, create, clock):
+    """The platform's web UI reads `alert_ids`: on create, read, PATCH and link answers; not on lists."""
+    created = create([A2])
+    assert created["alert_ids"] == [str(A2)]
+    link_directly(app, created, A1, T0 - timedelta(hours=1))
+    clock.set(T0 + timedelta(hours=1))
+    url = f"{URL}/{created['incident_id']}"
+    answers = {
+        "link": client.post(f"{url}/alerts", json={"alert_ids": [str(A3)]}),
+        "read": client.get(url),
+        "patch": client.patch(url, json={"status": "acknowledged"}),
+    }
+    for name, response in answers.items():
+        assert response.status_code == 200, name
+        incident = response.get_json()
+        assert incident["alert_ids"] == [str(A1), str(A2), str(A3)], name
+        assert incident["alert_ids"] == [a["alert_id"] for a in incident["alerts"]], name
+    [item] = client.get(URL).get_json()["incidents"]
+    assert "alert_ids" not in item and "alerts" not in item
 
 
 def test_without_the_platform_table_entries_carry_only_the_link(client, app, create):

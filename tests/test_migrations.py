@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -255,6 +256,102 @@ def test_upgrading_twice_changes_nothing(empty_database):
         engine.dispose()
     assert after == before
     assert titles == ["kept"]
+
+
+# --------------------------------------------------------------------------- 0004: notes with id and content
+
+OLD_NOTES = [
+    {"text": "rolled back", "author": "bob", "created_at": "2026-11-26T10:04:00.000001+00:00"},
+    {"text": "Escalated to level 1", "author": "system", "created_at": "2026-11-26T10:05:00+00:00"},
+]
+
+
+def _rows_at_0003(engine: sa.Engine) -> None:
+    """Incidents and note_added events as the service wrote them before 0004: one with two notes
+    (and their events), one without notes but with an event whose note was removed by hand."""
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    events = metadata.tables[f"{SCHEMA}.incident_events"]
+    with engine.begin() as conn:
+        for n, notes in ((1, OLD_NOTES), (2, [])):
+            conn.execute(incidents.insert().values(
+                id=uuid.UUID(int=n), incident_id=f"inc-000000000000000{n}", title="t", service="api",
+                severity="low", status="open", notes=notes, created_at=NOW, updated_at=NOW,
+            ))
+        conn.execute(events.insert(), [
+            {"incident_id": uuid.UUID(int=1), "type": "created", "details": {"title": "t"}, "created_at": NOW},
+            *({"incident_id": uuid.UUID(int=1), "type": "note_added", "actor": note["author"],
+               "details": {"text": note["text"]}, "created_at": NOW} for note in OLD_NOTES),
+            {"incident_id": uuid.UUID(int=2), "type": "note_added", "details": {"text": "orphan"}, "created_at": NOW},
+        ])
+
+
+def _notes_and_events(engine: sa.Engine) -> tuple[dict[int, list], list[tuple[int, str, dict]]]:
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    events = metadata.tables[f"{SCHEMA}.incident_events"]
+    with engine.connect() as conn:
+        notes = {row.id.int: row.notes for row in conn.execute(sa.select(incidents.c.id, incidents.c.notes))}
+        timeline = [(row.incident_id.int, row.type, row.details) for row in conn.execute(
+            sa.select(events.c.incident_id, events.c.type, events.c.details).order_by(events.c.id))]
+    return notes, timeline
+
+
+@by_dialect
+def test_0004_gives_stored_notes_an_id_and_content_and_their_events_the_note(empty_database):
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0003")
+    engine = create_engine(settings)
+    try:
+        _rows_at_0003(engine)
+        old = _notes_and_events(engine)
+        migrate.upgrade(settings, "0004")
+        notes, timeline = _notes_and_events(engine)
+
+        assert [note["content"] for note in notes[1]] == ["rolled back", "Escalated to level 1"]
+        for new, before in zip(notes[1], OLD_NOTES, strict=True):
+            assert set(new) == {"id", "content", "author", "created_at"}
+            assert uuid.UUID(new["id"]).version == 4
+            assert (new["author"], new["created_at"]) == (before["author"], before["created_at"])
+        assert notes[1][0]["id"] != notes[1][1]["id"]
+        assert notes[2] == []
+        # Each note_added event now carries its note, as stored; one whose note is gone keeps its
+        # text under the new name; other events are untouched.
+        assert timeline == [
+            (1, "created", {"title": "t"}),
+            (1, "note_added", notes[1][0]),
+            (1, "note_added", notes[1][1]),
+            (2, "note_added", {"content": "orphan"}),
+        ]
+
+        command.downgrade(migrate.alembic_config(settings), "0003")
+        assert _notes_and_events(engine) == old
+        migrate.upgrade(settings)  # and up again
+        assert [note["content"] for note in _notes_and_events(engine)[0][1]] == ["rolled back", "Escalated to level 1"]
+    finally:
+        engine.dispose()
+
+
+@by_dialect
+def test_0004_pages_through_more_incidents_than_a_page(empty_database):
+    count = 2 * 1000 + 1  # the migration's PAGE: three pages, the last of one row
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0003")
+    engine = create_engine(settings)
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    try:
+        with engine.begin() as conn:
+            conn.execute(incidents.insert(), [
+                {"id": uuid.uuid4(), "incident_id": f"inc-{n:016x}", "title": "t", "service": "api",
+                 "severity": "low", "status": "open", "created_at": NOW, "updated_at": NOW,
+                 "notes": [{"text": f"note {n}", "author": None, "created_at": "2026-11-26T10:00:00+00:00"}]}
+                for n in range(count)
+            ])
+        migrate.upgrade(settings)
+        with engine.connect() as conn:
+            notes = conn.execute(sa.select(incidents.c.notes)).scalars().all()
+    finally:
+        engine.dispose()
+    assert sorted(n[0]["content"] for n in notes) == sorted(f"note {n}" for n in range(count))
+    assert all(set(n[0]) == {"id", "content", "author", "created_at"} for n in notes)
 
 
 # --------------------------------------------------------------------------- replicas starting together

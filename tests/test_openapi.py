@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 OPERATIONS = {
     ("/api/v1/incidents", "get"), ("/api/v1/incidents", "post"), ("/api/v1/incidents/analytics", "get"),
     ("/api/v1/incidents/{incident_id}", "get"), ("/api/v1/incidents/{incident_id}", "patch"),
+    ("/api/v1/incidents/{incident_id}/notes", "post"),
     ("/health", "get"), ("/health/ready", "get"), ("/health/live", "get"), ("/metrics", "get"),
 }
 
@@ -67,3 +68,20 @@ def test_docs_page_loads_only_assets_the_service_serves(client):
     assert assets and all(asset.startswith("/docs/assets/") for asset in assets)
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+def test_notes_endpoint_and_the_web_ui_fields_are_described(client):
+    document = spec(client)
+    schemas = document["components"]["schemas"]
+    operation = document["paths"]["/api/v1/incidents/{incident_id}/notes"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(schemas[body]["properties"]) == {"content", "author"} and schemas[body]["required"] == ["content"]
+    assert schemas[body]["properties"]["content"]["maxLength"] == 10_000
+    for code in ("201", "401", "404", "413", "422"):
+        assert code in operation["responses"], code
+    note = operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert {"id", "content", "author", "created_at"} <= set(schemas[note]["properties"])
+    assert schemas[note]["properties"]["id"]["format"] == "uuid"
+    # alert_ids on the full incident only, list items without it.
+    assert schemas["Incident"]["properties"]["alert_ids"]["items"]["format"] == "uuid"
+    assert "alert_ids" not in schemas["IncidentSummary"]["properties"]

@@ -52,7 +52,10 @@ def test_patch_records_acknowledged_note_reassigned_and_resolved_with_actor(clie
     events = timeline(client, incident_id)
     assert [e["type"] for e in events][3:] == ["acknowledged", "note_added", "reassigned", "resolved"]
     ack, note, reassigned, resolved = events[3:]
-    assert ack["actor"] == "bob" and note["actor"] == "bob" and note["details"] == {"text": "looking"}
+    assert ack["actor"] == "bob" and note["actor"] == "bob"
+    # The note_added event carries the note as the incident keeps it.
+    (stored,) = client.get(url).get_json()["notes"]
+    assert note["details"] == stored and stored["content"] == "looking"
     assert reassigned["details"] == {"from": "alice@example.com", "to": "carol@example.com"}
     assert resolved["details"] == {"from": "acknowledged"} and resolved["actor"] is None
 

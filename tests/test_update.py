@@ -1,5 +1,6 @@
 """PATCH /api/v1/incidents/{id}: transitions, notes, reassignment, all or nothing."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -106,8 +107,10 @@ def test_backdated_acknowledge_observes_the_real_mtta(app, client, clock):
 def test_note_is_appended_with_author_and_time(client, incident):
     first = patch(client, incident, note="rolled back", author="bob").get_json()
     second = patch(client, incident, note="  watching  ").get_json()
-    assert [n["text"] for n in second["notes"]] == ["rolled back", "watching"]
+    assert [n["content"] for n in second["notes"]] == ["rolled back", "watching"]
     assert second["notes"][0]["author"] == "bob" and second["notes"][1]["author"] is None
+    assert second["notes"][0] == first["notes"][0]
+    assert len({str(uuid.UUID(n["id"])) for n in second["notes"]}) == 2
     assert datetime.fromisoformat(first["notes"][0]["created_at"]).tzinfo is not None
     assert second["status"] == "open"
 
@@ -128,7 +131,7 @@ def test_fields_apply_together(client, incident):
     updated = patch(client, incident, status="acknowledged", assigned_to="dave", note="on it", author="dave").get_json()
     assert updated["status"] == "acknowledged"
     assert updated["assigned_to"] == "dave"
-    assert updated["notes"][0]["text"] == "on it"
+    assert updated["notes"][0]["content"] == "on it"
 
 
 def test_refused_transition_applies_nothing(client, incident):
@@ -144,7 +147,7 @@ def test_same_status_with_a_note_adds_the_note(client, incident):
     patch(client, incident, status="acknowledged")
     response = patch(client, incident, status="acknowledged", note="still on it")
     assert response.status_code == 200
-    assert [n["text"] for n in response.get_json()["notes"]] == ["still on it"]
+    assert [n["content"] for n in response.get_json()["notes"]] == ["still on it"]
 
 
 def test_patch_response_includes_alerts(client):
@@ -170,7 +173,7 @@ def clock_writing_first(app, incident, notes: int):
             mine = incidents.c.incident_id == incident["incident_id"]
             with engine.begin() as conn:
                 notes_now = conn.execute(sa.select(incidents.c.notes).where(mine)).scalar_one()
-                conn.execute(incidents.update().where(mine).values(notes=[*notes_now, {"text": written[-1]}]))
+                conn.execute(incidents.update().where(mine).values(notes=[*notes_now, {"content": written[-1]}]))
         return datetime.now(UTC)
 
     return clock, written
@@ -182,7 +185,7 @@ def test_a_write_that_lost_a_race_reads_again_and_loses_nothing(app, client, inc
     app.extensions["incident_service"].clock, written = clock_writing_first(app, incident, races_lost)
     response = patch(client, incident, status="acknowledged", note="mine")
     assert response.status_code == 200
-    assert [n["text"] for n in response.get_json()["notes"]] == [*written, "mine"]
+    assert [n["content"] for n in response.get_json()["notes"]] == [*written, "mine"]
     assert response.get_json()["status"] == "acknowledged"
     events = client.get(f"/api/v1/incidents/{incident['incident_id']}/events").get_json()["events"]
     assert [e["type"] for e in events].count("acknowledged") == 1

@@ -1,4 +1,4 @@
-"""/api/v1/incidents: create, list, analytics, read and update incidents."""
+"""/api/v1/incidents: create, list, analytics, read, update and annotate incidents."""
 
 from __future__ import annotations
 
@@ -105,6 +105,20 @@ class Incident(MethodView):
         Any other transition is a 400 naming both statuses. All fields apply together or none does.
         """
         return incidents_service().update_incident(incident_id, **body).incident
+
+
+@blp.route("/<string:incident_id>/notes")
+class IncidentNotes(MethodView):
+    @blp.arguments(schemas.NoteCreateSchema())
+    @blp.response(201, schemas.NoteSchema, description="The note, as the incident's `notes` now hold it.")
+    @blp.alt_response(404, response="NOT_FOUND")
+    def post(self, body: dict[str, Any], incident_id: str):
+        """Add a note to an incident
+
+        Appends the note exactly as a PATCH with `note` and `author` does (the same `note_added`
+        event; concurrent appends are all kept). This is how the platform's web UI adds notes.
+        """
+        return incidents_service().add_note(incident_id, **body)
 
 
 @blp.route("/<string:incident_id>/events")
