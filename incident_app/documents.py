@@ -62,7 +62,6 @@ def _fields() -> tuple[Field, ...]:
 
 
 FIELDS: tuple[Field, ...] = _fields()
-COLUMNS: tuple[str, ...] = tuple(incidents.c.keys())
 
 
 def rfc3339(value: datetime) -> str:
@@ -73,9 +72,11 @@ def incident_document(row: Any, alerts: Sequence[Mapping[str, Any]] | None = Non
     """An incident's fields as Python values (a row of `incidents`), with its alerts (and their ids
     alone) when given: the full incident document, IncidentSchema's."""
     mapping = row._mapping
-    document = {name: mapping[name] for name in COLUMNS}
-    for name, later in DERIVED_SECONDS.items():
-        document[name] = _seconds(mapping[later], mapping["created_at"])
+    created_at = mapping["created_at"]
+    document = {
+        field.name: mapping[field.name] if field.since is None else _seconds(mapping[field.since], created_at)
+        for field in FIELDS
+    }
     if alerts is not None:
         document["alerts"] = list(alerts)
         document["alert_ids"] = [alert["alert_id"] for alert in alerts]

@@ -86,9 +86,17 @@ def test_document_fields_are_the_incident_columns_with_the_two_durations():
 def test_schemas_declare_exactly_the_document_fields():
     names = [field.name for field in documents.FIELDS]
     assert list(schemas.IncidentSummarySchema().fields) == names
-    assert list(schemas.IncidentSchema().fields) == [*names, "alerts"]
+    assert list(schemas.IncidentSchema().fields) == [*names, "alerts", "alert_ids"]
     item = schemas.IncidentPageSchema().fields["incidents"].inner.nested
     assert item is schemas.IncidentSummarySchema
+
+
+def test_full_document_has_exactly_the_fields_of_incident_schema(app, client, create_incident):
+    created = create_incident(alert_ids=["3fa85f64-5717-4562-b3fc-2c963f66afa6"])
+    assert list(created) == list(schemas.IncidentSchema().fields)
+    with app.extensions["engine"].connect() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.incident_id == created["incident_id"])).one()
+    assert list(documents.incident_document(row, [])) == list(schemas.IncidentSchema().fields)
 
 
 def test_nullable_columns_are_nullable_fields_and_the_others_required():
