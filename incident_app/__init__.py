@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from datetime import timedelta
 
 import click
@@ -12,12 +13,14 @@ from flask_cors import CORS
 from incident_app import migrate
 from incident_app.access import install_api_keys
 from incident_app.analytics_cache import AnalyticsCache, computations_for_pool
-from incident_app.api import docs, health, incidents
+from incident_app.api import docs, health, incidents, stream
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
 from incident_app.db import create_engine, warm_pool
 from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
+from incident_app.feed.hub import FeedHub
+from incident_app.feed.metrics import StreamMetrics
 from incident_app.flows import IncidentOpening
 from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)  # after Api(), which installs its own HTTP error handler
     install_request_logging(app)
     install_api_keys(app, settings)
+    stream.init_app(app, api)  # after the key check, so a WebSocket without a key is a 401 first
     CORS(
         app, resources={r"/api/*": {"origins": list(settings.cors_origins)}},
         expose_headers=["Location", "X-Request-ID", "Idempotent-Replayed"],
@@ -92,6 +96,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     escalator = Escalator(
         engine=engine, oncall=oncall, outbox=outbox, metrics=metrics, clock=utcnow,
         timeout=timedelta(minutes=settings.escalation_timeout_minutes),
+    )
+    # Each process relays the feed to its own followers through one listening connection of its own
+    # (not the pool's); on SQLite the process polls its own database instead.
+    listen_engine = None if settings.is_sqlite else create_engine(replace(settings, db_pool_max=1))
+    app.extensions.update(
+        feed=FeedHub(engine=engine, listen_engine=listen_engine),
+        stream_metrics=StreamMetrics(metrics.registry),
     )
     app.extensions.update(
         settings=settings,

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import expression
 
 from incident_app.lifecycle import SEVERITIES, STATUSES
 
@@ -177,3 +179,29 @@ incident_counts = sa.Table(
     sa.Column("count", sa.BigInteger(), nullable=False),
     schema=SCHEMA,
 )
+
+# ----------------------------------------------------------------------------- live feed (0005)
+
+
+class current_transaction_id(expression.FunctionElement):  # named as the SQL function it stands for
+    """The id of the transaction that writes a row: what orders the live feed (incident_app/feed)."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+
+
+@compiles(current_transaction_id, "postgresql")
+def _current_transaction_id_postgresql(element, compiler, **kw) -> str:
+    return "CAST(CAST(pg_current_xact_id() AS text) AS bigint)"
+
+
+@compiles(current_transaction_id)
+def _current_transaction_id_elsewhere(element, compiler, **kw) -> str:
+    # SQLite's writers take turns: the serial id alone orders its feed.
+    return "0"
+
+
+incident_events.append_column(
+    sa.Column("xact_id", sa.BigInteger(), nullable=False, server_default=current_transaction_id())
+)
+sa.Index("ix_incident_events_xact_id_id", incident_events.c.xact_id, incident_events.c.id)

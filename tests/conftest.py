@@ -215,6 +215,7 @@ def make_app(settings) -> Iterator[Callable[..., object]]:
 
     yield make
     for app in apps:
+        app.extensions["feed"].close()
         app.extensions["engine"].dispose()
 
 

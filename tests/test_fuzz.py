@@ -20,7 +20,9 @@ def test_generated_requests_get_documented_answers(app):
     # OpenAPI cannot express (a NUL in a string, `since` after `until`, a reused Idempotency-Key).
     # schemathesis' own pytest plugin does not run under this pytest; its strategies do, driven here.
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # The stream's 200 never ends by itself: its 422s are driven in test_stream.py instead.
+    operations = [operation for operation in (result.ok() for result in schema.get_all_operations())
+                  if operation.path != "/api/v1/stream"]
     assert len(operations) >= 8
     for operation in operations:
 

@@ -1,0 +1,115 @@
+"""Stream benchmark: creates under wrk with and without 1,000 SSE followers on the 2-worker service.
+
+    python bench/stream.py                                  # 1,000 followers, 15 s runs
+    python bench/stream.py --followers 200 --duration 5     # a quick iteration
+
+Reports create throughput without and with the followers, the delay from each `created` event's
+commit to its receipt by the followers (p50, p99), and worker memory per follower (RSS of both
+workers with the followers connected and idle, minus before, divided by their number). Targets:
+p99 under 1 s; creates with followers at least 90% of without; under 100 KiB per follower.
+Results go to bench/results/stream-<followers>.json; the database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench import seed  # noqa: E402
+from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, free_port, gunicorn, run_wrk, wrk_script  # noqa: E402
+
+CREATE = Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua")
+
+
+def followers_now(port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    match = re.search(r'^stream_followers\{transport="sse"\} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def rss_kib(service: Process) -> int:
+    return sum(worker.memory_info().rss for worker in service.workers()) // 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--followers", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--admin-url", default=ADMIN_URL)
+    args = parser.parse_args(argv)
+
+    wrk = ensure_wrk()
+    work_dir = Path(tempfile.mkdtemp(prefix="incident-stream-bench-"))
+    url = seed.create_database(args.admin_url)
+    processes: list[Process] = []
+    try:
+        seed.migrate_and_seed(url, args.rows)
+        peers_port, port = free_port(), free_port()
+        peers_url = f"http://127.0.0.1:{peers_port}"
+        env = {**os.environ, "DATABASE_URL": url, "WEB_CONCURRENCY": "2", "ENVIRONMENT": "benchmark",
+               "DB_POOL_MAX": str(-(-args.connections // 2)), "DB_POOL_MIN": str(-(-args.connections // 2)),
+               "ESCALATION_TIMEOUT_MINUTES": "1000000", "ONCALL_SERVICE_URL": peers_url,
+               "NOTIFICATION_SERVICE_URL": peers_url}
+        peers = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(peers_port)],
+                        env, work_dir)
+        processes.append(peers)
+        service = gunicorn("service", "wsgi:app", port, env, work_dir)
+        processes.append(service)
+        peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
+        service.wait_until_answers(f"http://127.0.0.1:{port}/health/ready")
+        script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
+        target = f"http://127.0.0.1:{port}"
+
+        def creates(duration: float) -> dict:
+            return run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
+
+        creates(3)  # warm-up
+        without = creates(args.duration)
+        before = rss_kib(service)
+        follower_seconds = 60 + 2 * args.duration
+        followers = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "followers.py"), "--url", target, "--count", str(args.followers),
+             "--seconds", str(follower_seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while followers_now(port) < args.followers and time.monotonic() < deadline:
+            time.sleep(0.5)
+        connected = followers_now(port)
+        time.sleep(2)
+        per_follower_kib = (rss_kib(service) - before) / max(connected, 1)
+        with_followers = creates(args.duration)
+        followers.terminate()  # the followers print what they measured
+        delivered = json.loads(followers.communicate(timeout=follower_seconds + 30)[0].strip().splitlines()[-1])
+        result = {
+            "followers": args.followers, "connected": connected, "duration_s": args.duration,
+            "connections": args.connections,
+            "create_rps_without": without["rps"], "create_rps_with": with_followers["rps"],
+            "create_ratio": round(with_followers["rps"] / without["rps"], 3) if without["rps"] else None,
+            "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_followers["p99_ms"],
+            "delivery": delivered, "kib_per_follower": round(per_follower_kib, 1),
+        }
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"stream-{args.followers}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        seed.drop_database(args.admin_url, url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
