@@ -1,7 +1,8 @@
 """gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app`.
 
-The master validates the configuration and migrates the database once; each gevent worker then
-makes psycopg2 cooperative before the application (and its connection pool) is created.
+The master validates the configuration and never waits for the database; each gevent worker makes
+psycopg2 cooperative before the application (and its connection pool) is created, serves at once,
+and migrates the database in the background as soon as it answers (incident_app/startup.py).
 """
 
 # Patch before anything imports ssl or socket: the gevent worker would patch too late otherwise.
@@ -13,13 +14,11 @@ monkey.patch_all()
 
 import gc
 import glob
-import logging
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-import time
 
 # prometheus_client chooses multiprocess mode when it is first imported (incident_app imports it),
 # and workers inherit the environment at fork: the directory must be in place before that import.
@@ -43,12 +42,17 @@ except SettingsError as exc:
     sys.exit(f"configuration error: {exc}")
 
 bind = f"0.0.0.0:{settings.service_port}"
-worker_class = "gevent"
+# gunicorn's gevent worker, answering the server's own refusals (bad request line or header, URI or
+# header too long) in the contract's JSON and ending bodies that stop arriving (incident_app/http_server.py).
+worker_class = "incident_app.http_server.IncidentWorker"
 # One gevent worker per core serves many requests at once; WEB_CONCURRENCY overrides the count.
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
-# Connections per worker at once. Live-feed followers (SSE, WebSocket) each hold one for as long
-# as they follow, but no database connection: room for the API's clients besides (README, Live changes).
-worker_connections = 2000
+# Connections a worker holds at once. A connection costs a greenlet and a socket, not a thread: a
+# high bound lets thousands of slow or stalled clients wait out their timeouts, and live-feed
+# followers (SSE, WebSocket; each holds one for as long as it follows, but no database connection)
+# stay connected, while everyone else is still accepted (at 1,000, 2,100 stalled bodies left no room
+# for /health/live on a replica).
+worker_connections = 10_000
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -83,29 +87,14 @@ logconfig_dict = {
     },
 }
 
-MIGRATION_WAIT_SECONDS = 60
-
-
 def on_starting(server):
-    """Migrate once, in the master, before any worker serves. Waits for a database still starting."""
-    log = logging.getLogger("gunicorn.error")
+    """The master never waits for the database: each worker migrates once it answers (startup.py)."""
     # Files left by a previous run would add its counts to this one's (a reload does not come here).
     for stale in glob.glob(os.path.join(settings.prometheus_multiproc_dir, "*.db")):
         os.remove(stale)
-    deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
-    delay = 0.5
-    while True:
-        try:
-            migrate.upgrade(settings)
-            log.info("database schema at %s", migrate.head_revision())
-            return
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                log.error("database migration failed: %s", exc)
-                raise
-            log.warning("database not ready for migration (%s); retrying", exc.__class__.__name__)
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
+    if settings.is_sqlite:
+        # A local file is always there: migrated here, before the workers would race on it unlocked.
+        migrate.upgrade(settings)
 
 
 def post_fork(server, worker):
@@ -116,22 +105,27 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
+    worker.request_timeout = settings.request_timeout_seconds
     # Each worker runs the background work in a greenlet (outbox retries, escalation, key expiry);
     # safe with any number of workers and replicas because every claim goes through the database.
+    # Serving starts now whatever the database is doing; the schema is brought to head in a greenlet
+    # once it answers, and only then does the background work begin.
     extensions = getattr(worker.wsgi, "extensions", {})
     background = extensions.get("background")
     if background is None:
         worker.log.warning("the WSGI app is not the incident service: no background work started")
-    elif extensions["settings"].background_work:
-        background.start()
+    else:
+        extensions["startup"].start(then=background.start if extensions["settings"].background_work else None)
+    feed = extensions.get("feed")
+    if feed is not None:
+        # Its listening connection is up before the first follower comes (and retried, like the
+        # schema, while the database does not answer).
+        feed.start()
+        gevent.spawn(_end_streams_on_shutdown, worker, feed)
     # What the worker built to serve (modules, the app, its engine and schemas) lives as long as the
     # worker: out of the collector's sight, a full collection no longer walks all of it while every
     # request waits. Measured under list load: full collections took 73 ms before, 1.4–2.9 ms after,
     # and list p99 fell from 76–80 to 63–67 ms in alternating runs.
-    feed = extensions.get("feed")
-    if feed is not None:
-        feed.start()  # its listening connection is up before the first follower comes
-        gevent.spawn(_end_streams_on_shutdown, worker, feed)
     gc.freeze()
     worker.log.info("worker ready; %d objects frozen out of garbage collection", gc.get_freeze_count())
 
@@ -155,7 +149,10 @@ def post_request(worker, req, environ, resp):
 
 
 def worker_exit(server, worker):
-    background = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("background")
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    if "startup" in extensions:
+        extensions["startup"].stop()
+    background = extensions.get("background")
     if background is not None:
         background.stop(timeout=2)
 

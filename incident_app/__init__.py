@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import click
-from flask import Flask
+from flask import Flask, Response, request
 from flask_cors import CORS
 
 from incident_app import migrate
@@ -16,7 +16,7 @@ from incident_app.analytics_cache import AnalyticsCache, computations_for_pool
 from incident_app.api import docs, health, incidents, stream
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
-from incident_app.db import create_engine, warm_pool
+from incident_app.db import create_engine
 from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
 from incident_app.feed.hub import FeedHub
@@ -32,16 +32,28 @@ from incident_app.peers.oncall import OnCallClient
 from incident_app.probes import ProbeDatabase, create_probe_engine
 from incident_app.service import IncidentService, utcnow
 from incident_app.settings import Settings
+from incident_app.startup import SchemaState, Startup, install_schema_gate
 from incident_app.store import open_store
 
 MAX_BODY_BYTES = 1 << 20
+
+
+class IncidentFlask(Flask):
+    def make_default_options_response(self) -> Response:
+        """Allow: the methods of the route that serves the path, as Flask's default does, but not
+        also those of other routes the path would fit (PATCH of /incidents/<id> for /analytics)."""
+        response = super().make_default_options_response()
+        if request.url_rule is not None and request.url_rule.methods:
+            response.allow.clear()
+            response.allow.update(request.url_rule.methods)
+        return response
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
 
-    app = Flask(__name__)
+    app = IncidentFlask(__name__)
     app.config.update(
         API_TITLE="Incident Management Service",
         API_VERSION=settings.app_version,
@@ -68,11 +80,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     engine = create_engine(settings)
-    warm_pool(engine, settings.db_pool_min)
     http = pooled_transport()
     metrics = IncidentMetrics(settings)
     install_http_metrics(app, metrics)
     probe_db = ProbeDatabase(create_probe_engine(settings))
+    schema = SchemaState(probe_db.schema_is_current)
+    install_schema_gate(app, schema)
     app.extensions.update(
         probe_db=probe_db,
         metrics_registry=exposition_registry(
@@ -106,6 +119,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions.update(
         settings=settings,
+        # Started by the gunicorn worker (gunicorn.conf.py): migrates once the database answers.
+        startup=Startup(settings=settings, engine=engine, schema=schema),
         engine=engine,
         store=store,
         metrics=metrics,

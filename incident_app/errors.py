@@ -73,15 +73,27 @@ def _respond(code: int, message: str, errors: dict[str, Any] | None = None, head
     return response
 
 
-def _flatten(errors: dict[str, Any]) -> dict[str, Any]:
-    """webargs nests errors by location ({"json": {"title": [...]}}): the client wants fields."""
-    flat: dict[str, Any] = {}
+def _flatten(errors: dict[str, Any]) -> dict[str, list[str]]:
+    """webargs nests errors by location ({"json": {"title": [...]}}): the client wants fields, each
+    with a list of messages as the OpenAPI document says; a list's items say which they are
+    ({"alert_ids": {"0": [...]}} becomes {"alert_ids": ["item 0: …"]})."""
+    flat: dict[str, list[str]] = {}
     for location, fields in errors.items():
         if isinstance(fields, dict):
-            flat.update(fields)
+            for field, messages in fields.items():
+                flat[str(field)] = _messages(messages)
         else:
-            flat[location] = fields
+            flat[location] = _messages(fields)
     return flat
+
+
+def _messages(value: Any, where: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [message for key, inner in value.items()
+                for message in _messages(inner, f"{where}item {key}: " if str(key).isdigit() else f"{where}{key}: ")]
+    if isinstance(value, list | tuple):
+        return [message for inner in value for message in _messages(inner, where)]
+    return [f"{where}{value}"]
 
 
 def handle_http_exception(error: HTTPException):

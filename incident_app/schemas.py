@@ -47,6 +47,9 @@ class Timestamp(fields.DateTime):
         return None if value is None else rfc3339(value)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        # The ISO parser stops at a NUL and accepts what came before it.
+        if isinstance(value, str) and "\x00" in value:
+            raise ma.ValidationError(Text.default_error_messages["unstorable"])
         parsed = super()._deserialize(value, attr, data, **kwargs)
         if parsed.tzinfo is None:
             raise ma.ValidationError("Must include a UTC offset, for example 2026-11-26T10:00:00Z.")

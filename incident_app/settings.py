@@ -144,6 +144,8 @@ class Settings:
     background_work: bool = True
     # Seconds an analytics answer that was slow to compute is reused for the same filters; 0: never.
     analytics_cache_seconds: float = 30.0
+    # Seconds a request's body may take to arrive after its headers: then 408 and the connection closes.
+    request_timeout_seconds: float = 30.0
 
     @property
     def is_production(self) -> bool:
@@ -201,4 +203,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _directory),
     "BACKGROUND_WORK": ("background_work", _flag),
     "ANALYTICS_CACHE_SECONDS": ("analytics_cache_seconds", _number(float, minimum=0)),
+    "REQUEST_TIMEOUT_SECONDS": ("request_timeout_seconds", _number(float, minimum=0.1, maximum=3600)),
 }

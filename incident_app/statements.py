@@ -80,12 +80,16 @@ def execute_together(conn: Connection, first: Bound, *others: Bound | None) -> l
         if len(parameters) != sum(len(part.parameters) for part in (first, *writes)):
             raise ValueError("statements run together share a parameter name")
         statement = _together(first.statement, tuple(part.statement for part in writes))
-        return conn.execute(statement, parameters).all()
-    result = first.execute(conn)
-    rows = result.all() if result.returns_rows else []
+        return _rows(conn.execute(statement, parameters))
+    rows = _rows(first.execute(conn))
     for statement in writes:
         statement.execute(conn)
     return rows
+
+
+def _rows(result: CursorResult[Any]) -> list[sa.Row]:
+    # A `first` without RETURNING (an UPDATE) gives no rows: asking for them would raise.
+    return result.all() if result.returns_rows else []
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,20 +7,23 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from incident_app import tables
 from tests.support.gunicorn import GunicornService
 from tests.support.incidents import VALID
 from tests.support.peers import FakePeer
 from tests.support.proxy import TcpProxy
-from tests.support.reliability import rows, wait_until
+from tests.support.reliability import engine_for, rows, wait_until
 
 NOTIFY = "/api/v1/notify"
 ONCALL_REPLY = {"primary": {"email": "alice@example.com"}, "secondary": {"email": "bob@example.com"}}
@@ -231,3 +234,41 @@ def test_twenty_concurrent_retries_with_one_key_give_one_incident_one_notificati
     assert len(oncall.requests_to("/api/v1/oncall/current")) == 1
     time.sleep(1)  # a duplicate notification, had there been one, has had time to go out
     assert len(notifier.requests_to(NOTIFY)) == 1
+
+
+# --------------------------------------------------------------------------- a thousand due at once
+
+
+def test_a_thousand_incidents_due_at_once_escalate_once_each_and_on_time(services, fresh_database, peers, tmp_path):
+    _, notifier = peers
+    check, timeout = 1.0, 30.0  # ESCALATION_CHECK_SECONDS, ESCALATION_TIMEOUT_MINUTES × 60
+    env = {"ESCALATION_TIMEOUT_MINUTES": str(timeout / 60), "ESCALATION_CHECK_SECONDS": str(check)}
+    for n in (1, 2):
+        start(services, fresh_database, peers, tmp_path, f"replica{n}", **env)
+    # A thousand open incidents created together, all due at one moment a few seconds from now.
+    due_at = datetime.now(UTC) + timedelta(seconds=4)
+    created_at = due_at - timedelta(seconds=timeout)
+    incident_rows = [
+        {"id": uuid.uuid4(), "incident_id": f"inc-{n:016x}", "title": "Storm", "service": "drill",
+         "severity": "high", "status": "open", "created_at": created_at, "updated_at": created_at}
+        for n in range(1000)
+    ]
+    with engine_for(fresh_database).begin() as conn:
+        conn.execute(tables.incidents.insert(), incident_rows)
+
+    def escalated() -> list:
+        return rows(fresh_database, "SELECT incident_id, escalation_level, escalated_at FROM incidents.incidents"
+                                    " WHERE escalation_level >= 1")
+
+    assert wait_until(lambda: len(escalated()) == 1000, timeout=check + 5 + 30, every=0.5)
+    levels = escalated()
+    assert {r.escalation_level for r in levels} == {1}
+    lateness = [(r.escalated_at - due_at).total_seconds() for r in levels]
+    assert min(lateness) >= 0, "escalated before falling due"
+    assert max(lateness) <= check + 5, f"the latest escalation came {max(lateness):.1f} s after it was due"
+
+    # One page per incident for level 1, each notification once.
+    assert wait_until(lambda: set(outbox_states(fresh_database)) == {"sent"}, timeout=30)
+    pages = [r.body for r in notifier.requests_to(NOTIFY) if "[ESCALATION 1/3]" in r.body["message"]]
+    assert Counter(page["incident_id"] for page in pages) == {r["incident_id"]: 1 for r in incident_rows}
+    assert len({page["notification_id"] for page in pages}) == 1000

@@ -161,3 +161,17 @@ def test_background_work_retries_within_ten_seconds(make_app, notifier, own_data
 def test_background_work_can_be_turned_off():
     assert Settings.from_env({"BACKGROUND_WORK": "false"}).background_work is False
     assert Settings.from_env({}).background_work is True
+
+
+def test_a_retried_delivery_logs_no_error(app, notifier, database_url, caplog, create_incident):
+    # Recording a delivery made by the background work once logged a false ERROR on PostgreSQL
+    # (asking an UPDATE without RETURNING for its rows), although the row was recorded.
+    notifier.respond(503, {"error": "down"})
+    create_incident()
+    notifier.respond(200, {"status": "sent"})
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert app.extensions["background"].outbox.deliver_due(now=later(app, 6)) == 1
+    (row,) = outbox(database_url)
+    assert (row.state, row.attempts) == ("sent", 2)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= 40] == []

@@ -1,15 +1,20 @@
-"""Queries of escalation: which open incidents are due, and the row lock that makes a level happen once."""
+"""Queries of escalation: which open incidents are due, the row locks that make a level happen once,
+and the writes of a batch of escalations."""
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from incident_app.lifecycle import Status
-from incident_app.tables import incidents
+from incident_app.repository import events
+from incident_app.repository import outbox as outbox_queue
+from incident_app.statements import arrays, bind, insert_arrays, prefixed, unnest_arrays
+from incident_app.tables import incident_events, incidents, notification_outbox
 
 i = incidents.c
 
@@ -30,11 +35,54 @@ def due_incidents(conn: Connection, *, opened_before: datetime, max_level: int, 
     )
 
 
-def lock_if_still_due(conn: Connection, pk: uuid.UUID, *, level: int, opened_before: datetime) -> Row | None:
-    """The incident, locked, if it is still open at `level` and due; None if another worker took it
-    (PostgreSQL skips a row locked elsewhere; SQLite's write transaction is already exclusive)."""
-    return conn.execute(
+def claim_due(
+    conn: Connection, *, opened_before: datetime, max_level: int, services: list[str], limit: int
+) -> list[Row]:
+    """Up to `limit` due incidents of `services` below `max_level`, oldest first, locked for the
+    caller's transaction. Rows another worker holds are skipped (PostgreSQL), so that workers and
+    replicas escalating together take different rows; SQLite's write transaction is exclusive."""
+    return list(conn.execute(
         sa.select(*incidents.c)
-        .where(i.id == pk, i.escalation_level == level, *_due(opened_before))
+        .where(*_due(opened_before), i.escalation_level < max_level, i.service.in_(services))
+        .order_by(i.created_at)
+        .limit(limit)
         .with_for_update(skip_locked=True)
-    ).one_or_none()
+    ))
+
+
+# What an escalation changes in its incident (assigned_to: the new assignee, or the same one).
+ESCALATED = ("id", "escalation_level", "escalated_at", "updated_at", "notes", "assigned_to")
+
+
+def record_escalations(
+    conn: Connection, escalated: Sequence[Mapping[str, Any]], timeline: Sequence[Mapping[str, Any]],
+    notifications: Sequence[Mapping[str, Any]],
+) -> None:
+    """Write a batch of escalations: each incident's ESCALATED columns, their events (in order) and
+    their pages' outbox rows. PostgreSQL: one statement for any number, each table's rows given as
+    arrays; SQLite: one executemany per table."""
+    if not escalated:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(_UPDATE_ONE, [prefixed(values, "escalated_") for values in escalated])
+        conn.execute(incident_events.insert(), [dict(event) for event in timeline])
+        conn.execute(notification_outbox.insert(), [dict(row) for row in notifications])
+        return
+    conn.execute(_RECORD_MANY, {
+        **arrays(escalated, ESCALATED, "escalated_"),
+        **arrays(timeline, events.COLUMNS, "event_"),
+        **arrays(notifications, outbox_queue.ENQUEUED, "notification_"),
+    })
+
+
+_UPDATE_ONE = (
+    incidents.update().where(i.id == sa.bindparam("escalated_id"))
+    .values(bind(incidents, ESCALATED[1:], "escalated_"))
+)
+_ESCALATED_ROWS = unnest_arrays({name: incidents.c[name].type for name in ESCALATED}, "escalated_", "escalated")
+_RECORD_MANY = (
+    incidents.update().where(i.id == _ESCALATED_ROWS.c.id)
+    .values({name: _ESCALATED_ROWS.c[name] for name in ESCALATED[1:]})
+    .add_cte(insert_arrays(incident_events, events.COLUMNS, "event_").cte("timeline"),
+             insert_arrays(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"))
+)

@@ -38,7 +38,9 @@ class GunicornService:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> GunicornService:
+    def start(self, timeout: float = 30.0, *, until: str = "/health/ready") -> GunicornService:
+        """Start and wait until `until` answers 200: by default until the schema is migrated and
+        the database answers (the workers serve from their first second, migrating meanwhile)."""
         # The child writes to the log itself; our handle is closed once it has it.
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -52,7 +54,7 @@ class GunicornService:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}; log: {self.log_path}")
             try:
-                if requests.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}{until}", timeout=1).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
