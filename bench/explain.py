@@ -12,13 +12,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from incident_app.db import create_engine
-from incident_app.repository import analytics, incidents
+from incident_app.repository import analytics
+from incident_app.repository.pages import ListFilters
 from incident_app.settings import Settings
+from incident_app.store.postgres import PostgresStore
 
 
 def _explained(conn: sa.Connection, call: Any) -> list[str]:
     """Run `call` on `conn`, recording what it sends, then EXPLAIN ANALYZE each statement on the same
-    connection. A prepared statement (db.execute_prepared) is explained as the service runs it,
+    connection. A prepared statement (prepared.execute_prepared) is explained as the service runs it,
     `EXPLAIN EXECUTE` with its plan for any values, under the SQL of its PREPARE."""
     statements: list[tuple[str, Any]] = []
 
@@ -50,7 +52,7 @@ def explain_report(url: str, rows: int, now: datetime) -> str:
     deep = min(10_000, rows // 2)
     def page(offset: int = 0, **filters: str):
         # The statement the service runs for a list on PostgreSQL.
-        return lambda c: incidents.list_page_json(c, incidents.ListFilters(**filters), limit=50, offset=offset)
+        return lambda c: PostgresStore.page_json(c, ListFilters(**filters), limit=50, offset=offset)
 
     cases = [
         ("list, no filter", page()),

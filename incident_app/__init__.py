@@ -23,6 +23,7 @@ from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
 from incident_app.feed.hub import FeedHub
 from incident_app.feed.metrics import StreamMetrics
+from incident_app.flows import IncidentOpening
 from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
 from incident_app.metrics import IncidentMetrics, OpenIncidentsCollector, exposition_registry, install_http_metrics
@@ -34,6 +35,7 @@ from incident_app.probes import ProbeDatabase, create_probe_engine
 from incident_app.service import IncidentService, utcnow
 from incident_app.settings import Settings
 from incident_app.startup import SchemaState, Startup, install_schema_gate
+from incident_app.store import open_store
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -97,6 +99,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     outbox = NotificationOutbox(engine=engine, notifier=notifier, metrics=metrics, clock=utcnow, lease=peer_call)
     # A key reserved longer than a whole create can take (two peer calls) belongs to a dead request.
     idempotency = IdempotencyKeys(engine=engine, clock=utcnow, in_flight_for=2 * peer_call + timedelta(seconds=20))
+    # The one place the database's kind is looked at: every use case runs on the store.
+    store = open_store(engine)
+    opening = IncidentOpening(
+        store=store, oncall=oncall, outbox=outbox, metrics=metrics, clock=utcnow,
+        oncall_lookup_bound=timedelta(seconds=settings.http_client_timeout),
+    )
     escalator = Escalator(
         engine=engine, oncall=oncall, outbox=outbox, metrics=metrics, clock=utcnow,
         timeout=timedelta(minutes=settings.escalation_timeout_minutes),
@@ -113,10 +121,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Started by the gunicorn worker (gunicorn.conf.py): migrates once the database answers.
         startup=Startup(settings=settings, engine=engine, schema=schema),
         engine=engine,
+        store=store,
         metrics=metrics,
         incident_service=IncidentService(
-            engine=engine, oncall=oncall, outbox=outbox, idempotency=idempotency, metrics=metrics,
-            oncall_lookup_bound=timedelta(seconds=settings.http_client_timeout),
+            store=store, opening=opening, idempotency=idempotency, metrics=metrics, clock=utcnow,
             alert_service_url=settings.alert_service_url,
             analytics_cache=AnalyticsCache(
                 max_age=settings.analytics_cache_seconds,

@@ -1,24 +1,19 @@
-"""One engine per process, transactions, and the dialect set-up that makes PostgreSQL and SQLite
-behave alike for the rest of the code."""
+"""One engine per process (pool, timeouts, gevent-cooperative psycopg2) and the dialect set-up that
+makes PostgreSQL and SQLite behave alike. Transactions: transactions.py; statements: statements.py."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gevent
 import psycopg2
 import psycopg2.extensions
 import sqlalchemy as sa
 from psycogreen.gevent import gevent_wait_callback
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA
@@ -38,7 +33,7 @@ SQLITE_BUSY_TIMEOUT = 15
 # on it) and for migrations.
 TRANSACTION_ISOLATION = "READ COMMITTED"
 _ISOLATION_OPTION = TRANSACTION_ISOLATION.lower().replace(" ", "\\ ")  # libpq options: spaces escaped
-# plan_cache_mode: the statements the service prepares (execute_prepared) have one best plan
+# plan_cache_mode: the statements the service prepares (prepared.execute_prepared) have one best plan
 # whatever their values, so PostgreSQL plans them once per session rather than on every EXECUTE.
 SESSION_OPTIONS = (
     f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC -c default_transaction_isolation={_ISOLATION_OPTION}"
@@ -89,7 +84,7 @@ def create_engine(settings: Settings) -> Engine:
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT,
         pool_recycle=1800,
-        # Statements commit by themselves unless `transaction` opens one: a read or a single-statement
+        # Statements commit by themselves unless `transactions.transaction` opens one: a read or a single-statement
         # write then costs one round trip, without BEGIN and COMMIT.
         isolation_level="AUTOCOMMIT",
         connect_args={
@@ -164,64 +159,6 @@ def _sqlite_engine(settings: Settings) -> Engine:
     return engine.execution_options(schema_translate_map={SCHEMA: None})
 
 
-@contextmanager
-def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
-    """One transaction: committed when the block ends, rolled back if it raises."""
-    with ExitStack() as stack:
-        conn = stack.enter_context(engine.connect())
-        if write:
-            conn.execution_options(for_write=True)
-        if conn.dialect.name == "postgresql":
-            stack.enter_context(_out_of_autocommit(conn))
-        stack.enter_context(conn.begin())
-        yield conn
-
-
-@contextmanager
-def _out_of_autocommit(conn: Connection) -> Iterator[None]:
-    """psycopg2 out of autocommit for the block: BEGIN … COMMIT at the session's level (READ COMMITTED,
-    set at connect). A client-side switch; SQLAlchemy's isolation_level option would instead have
-    psycopg2 send `SET default_transaction_isolation TO DEFAULT` before every transaction but the
-    first on a connection: one round trip more (tests/test_round_trips.py)."""
-    dbapi_connection = conn.connection.dbapi_connection
-    dbapi_connection.autocommit = False
-    try:
-        yield
-    finally:
-        if not dbapi_connection.closed:
-            try:
-                dbapi_connection.autocommit = True
-            except psycopg2.Error:
-                conn.invalidate()  # never back to the pool outside autocommit
-
-
-@contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads that need no transaction: each statement sees the latest commit.
-
-    On PostgreSQL it stays in autocommit, which saves the BEGIN and COMMIT round trips of a
-    transaction (a third of a single-row read's database time); SQLite reads stay transactional.
-    """
-    with engine.connect() as conn:
-        yield conn
-
-
-@contextmanager
-def single_statement(engine: Engine) -> Iterator[Connection]:
-    """For a block that writes with one statement: on PostgreSQL it commits by itself, one round
-    trip in all; SQLite wraps the block in a write transaction as `transaction` does."""
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            yield conn
-    else:
-        with transaction(engine, write=True) as conn:
-            yield conn
-
-
-def autocommitting(conn: Connection) -> bool:
-    """Whether each statement on `conn` commits by itself (PostgreSQL outside `transaction`)."""
-    return conn.dialect.name == "postgresql" and conn.connection.dbapi_connection.autocommit
-
 
 def warm_pool(engine: Engine, connections: int) -> None:
     """Open DB_POOL_MIN connections now, so the first requests do not pay for them."""
@@ -234,164 +171,3 @@ def warm_pool(engine: Engine, connections: int) -> None:
     finally:
         for conn in opened:
             conn.close()
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A statement and the values it runs with this time.
-
-    `statement` is built once per shape, its values bind parameters (see `bind`), and reused:
-    SQLAlchemy then neither builds it again nor computes its cache key, which cost a create 1.1 ms
-    of its 6 when its two statements were built anew around their values on every request.
-    `parameters` is one set of values, or a list of them (executemany: not for execute_together on
-    PostgreSQL).
-    """
-
-    statement: sa.Executable
-    parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-
-    def execute(self, conn: Connection) -> CursorResult[Any]:
-        return conn.execute(self.statement, self.parameters)
-
-
-def bind(table: sa.Table, columns: Sequence[str], prefix: str) -> dict[str, sa.BindParameter[Any]]:
-    """Bind parameters for `columns` of `table`, named `prefix` + column, typed as the columns."""
-    return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in columns}
-
-
-def prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """`values` under the names `bind` gives their parameters."""
-    return {prefix + name: value for name, value in values.items()}
-
-
-def unnest_arrays(columns: Mapping[str, Any], prefix: str, name: str | None = None) -> sa.TableValuedAlias:
-    """PostgreSQL: rows given as one array per column (`arrays` makes them), `columns` mapping each
-    column's name to its type, bound as `prefix` + name: one statement, built once, for any number."""
-    def array(type_: Any) -> postgresql.ARRAY[Any]:
-        # dimensions=1: a JSON value that is a list is one element, not a further dimension.
-        return postgresql.ARRAY(postgresql.JSONB() if isinstance(type_, sa.JSON) else type_, dimensions=1)
-
-    values = sa.func.unnest(*(sa.bindparam(prefix + column, type_=array(type_)) for column, type_ in columns.items()))
-    return values.table_valued(*(sa.column(column, type_) for column, type_ in columns.items())).render_derived(name)
-
-
-def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
-    """PostgreSQL: the INSERT of any number of rows of `table`, given as arrays (`unnest_arrays`)."""
-    rows = unnest_arrays({name: table.c[name].type for name in columns}, prefix)
-    return table.insert().from_select(columns, sa.select(rows))
-
-
-def arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str) -> dict[str, list[Any]]:
-    """The parameters of `unnest_arrays` (and `insert_arrays`) for `rows`: a column a row lacks is null."""
-    return {prefix + name: [row.get(name) for row in rows] for name in columns}
-
-
-def execute_together(conn: Connection, first: Bound, *others: Bound | None) -> list[sa.Row]:
-    """Run `first` and the writes `others`, returning the rows of `first`.
-
-    PostgreSQL runs them as one statement, the others as data-modifying CTEs: one round trip.
-    They share one snapshot there, so none of them may depend on another's effect (foreign keys
-    to a row inserted by `first` are fine: they are checked at the end of the statement). SQLite
-    runs them one after the other, `first` first. None in `others` is skipped. Their parameters
-    share one namespace: each part's must be its own.
-    """
-    writes = [statement for statement in others if statement is not None]
-    if conn.dialect.name == "postgresql" and writes:
-        parameters: dict[str, Any] = {}
-        for part in (first, *writes):
-            parameters.update(part.parameters)  # type: ignore[arg-type]  # dicts on PostgreSQL
-        if len(parameters) != sum(len(part.parameters) for part in (first, *writes)):
-            raise ValueError("statements run together share a parameter name")
-        statement = _together(first.statement, tuple(part.statement for part in writes))
-        return _rows(conn.execute(statement, parameters))
-    rows = _rows(first.execute(conn))
-    for statement in writes:
-        statement.execute(conn)
-    return rows
-
-
-def _rows(result: sa.CursorResult) -> list[sa.Row]:
-    # A `first` without RETURNING (an UPDATE) gives no rows: asking for them would raise.
-    return result.all() if result.returns_rows else []
-
-
-@functools.lru_cache(maxsize=256)
-def _together(first: sa.Executable, writes: tuple[sa.UpdateBase, ...]) -> sa.Executable:
-    # Keyed by the statements themselves, built once per shape: composed once per combination
-    # (bounded all the same, should a statement built per request ever come here).
-    return first.add_cte(*(statement.cte(f"together_{index}") for index, statement in enumerate(writes)))
-
-
-# Server-side prepared statements for the hottest reads: PostgreSQL parses and plans them once per
-# connection instead of on every request, which was half of what it spent on a get one (README,
-# Performance). The psycopg2 dialect numbering its parameters $1, $2 … writes the text PREPARE takes.
-_NUMBERED = postgresql.psycopg2.dialect(paramstyle="numeric_dollar")
-# What EXECUTE answers when the session's statement is gone (DISCARD ALL, say) or no longer fits
-# the tables ("cached plan must not change result type", after a column's type changed).
-_PREPARED_STATEMENT_LOST = {"26000", "0A000"}
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    name: str
-    prepare: str
-    execute: sa.TextualSelect
-    renamed: Mapping[str, str]  # a parameter's name in the statement → in `execute`
-
-
-@functools.lru_cache(maxsize=64)
-def _prepared(statement: sa.Select) -> _Prepared:
-    compiled = statement.compile(dialect=_NUMBERED)
-    name = "incident_" + hashlib.sha1(compiled.string.encode()).hexdigest()[:16]
-    # EXECUTE's arguments in $n order, named anew: a literal SQLAlchemy bound while building the
-    # statement (a format string, say) keeps its value, and every argument keeps its type.
-    positions = compiled.positiontup or ()
-    arguments = [
-        sa.bindparam(f"prepared_{index}", compiled.binds[parameter].value, type_=compiled.binds[parameter].type)
-        for index, parameter in enumerate(positions)
-    ]
-    listed = ", ".join(f":{argument.key}" for argument in arguments)
-    execute = sa.text(f"EXECUTE {name}({listed})" if arguments else f"EXECUTE {name}").bindparams(*arguments)
-    return _Prepared(
-        name,
-        f"PREPARE {name} AS {compiled.string}",
-        # Typed columns by name alone: the statement's own would bring its parameters along.
-        execute.columns(*(sa.column(column.key, column.type) for column in statement.selected_columns)),
-        {parameter: argument.key for parameter, argument in zip(positions, arguments, strict=True)},
-    )
-
-
-def execute_prepared(conn: Connection, statement: sa.Select, parameters: Mapping[str, Any]) -> CursorResult[Any]:
-    """Run the SELECT `statement` (built once, its columns labelled) as a statement the PostgreSQL
-    session keeps parsed and planned: PREPARE on the connection's first use of it, EXECUTE after.
-    Its one plan serves every value (plan_cache_mode, SESSION_OPTIONS): only for a statement whose
-    best plan does not depend on them. SQLite runs it as it is."""
-    if conn.dialect.name != "postgresql":
-        return conn.execute(statement, parameters)
-    prepared = _prepared(statement)
-    arguments = {prepared.renamed[name]: value for name, value in parameters.items()}
-    try:
-        return _execute_prepared(conn, prepared, arguments)
-    except sa.exc.DBAPIError as error:
-        if getattr(error.orig, "pgcode", None) not in _PREPARED_STATEMENT_LOST:
-            raise
-        # Start the session's prepared statements over: now if no transaction was aborted, else on next use.
-        conn.connection.info["prepared"] = None
-        if not autocommitting(conn):
-            raise
-        return _execute_prepared(conn, prepared, arguments)
-
-
-def _execute_prepared(conn: Connection, prepared: _Prepared, arguments: Mapping[str, Any]) -> CursorResult[Any]:
-    # The names this connection's session has prepared (SQLAlchemy forgets them with the connection);
-    # None: not known since a statement went astray.
-    info = conn.connection.info
-    if "prepared" in info and info["prepared"] is None:
-        conn.exec_driver_sql("DEALLOCATE ALL")
-        info["prepared"] = set()
-    on_connection = info.setdefault("prepared", set())
-    if prepared.name not in on_connection:
-        # As written: psycopg2 would read a % in it as a placeholder.
-        conn.exec_driver_sql(prepared.prepare, execution_options={"no_parameters": True})
-        on_connection.add(prepared.name)
-    return conn.execute(prepared.execute, arguments)

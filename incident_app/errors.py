@@ -1,4 +1,5 @@
-"""Domain exceptions and the one JSON error shape every path answers with.
+"""Every domain exception and the one JSON error shape every path (and the OpenAPI document's
+examples) answers with.
 
 `{"code": 404, "status": "Not Found", "message": "…"}`, plus `"errors": {field: [messages]}`
 for validation errors. Never an HTML page, never a stack trace.
@@ -12,9 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
-
-from incident_app.lifecycle import InvalidTransition
+from werkzeug.exceptions import Conflict, HTTPException, UnprocessableEntity
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,28 @@ class IncidentNotFound(Exception):
         super().__init__(f"incident {incident_id} not found")
 
 
+class InvalidTransition(Exception):
+    """A status change the lifecycle forbids (lifecycle.plan_transition); says what would have been
+    allowed instead."""
+
+    def __init__(self, current: str, requested: str, *, allowed: tuple[str, ...]) -> None:
+        self.current = current
+        self.requested = requested
+        hint = f"allowed from {current}: {', '.join(allowed)}" if allowed else f"{current} is final"
+        super().__init__(f"cannot change status from {current} to {requested} ({hint})")
+
+
 class NothingToUpdate(Exception):
     def __init__(self) -> None:
         super().__init__("nothing to update: give at least one of status, assigned_to, note")
+
+
+class IdempotencyKeyReused(UnprocessableEntity):
+    description = "this Idempotency-Key was used with a different request body"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    description = "a request with this Idempotency-Key is still being processed; retry shortly"
 
 
 class Unauthorized(Exception):

@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine, Row
 
-from incident_app.db import reading, transaction
 from incident_app.lifecycle import note_entry
 from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import NotificationOutbox, Pending
 from incident_app.peers.oncall import OnCallClient
 from incident_app.repository import escalations as queries
 from incident_app.repository import events
+from incident_app.transactions import reading, transaction
 
 log = logging.getLogger(__name__)
 

@@ -13,21 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
-from werkzeug.exceptions import Conflict, UnprocessableEntity
 
-from incident_app.db import transaction
+from incident_app.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from incident_app.repository import idempotency as keys
+from incident_app.transactions import transaction
 
 KEEP_FOR = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
-
-
-class IdempotencyKeyReused(UnprocessableEntity):
-    description = "this Idempotency-Key was used with a different request body"
-
-
-class IdempotencyKeyInFlight(Conflict):
-    description = "a request with this Idempotency-Key is still being processed; retry shortly"
 
 
 def request_fingerprint(body: Mapping[str, Any]) -> str:

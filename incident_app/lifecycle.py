@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from incident_app.errors import InvalidTransition
+
 
 class Severity(enum.StrEnum):
     CRITICAL = "critical"
@@ -31,17 +33,6 @@ _ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     Status.RESOLVED.value: (Status.OPEN.value, Status.ACKNOWLEDGED.value),
     Status.OPEN.value: (),
 }
-
-
-class InvalidTransition(Exception):
-    """A status change the lifecycle forbids; says what would have been allowed instead."""
-
-    def __init__(self, current: str, requested: str) -> None:
-        self.current = current
-        self.requested = requested
-        allowed = allowed_next(current)
-        hint = f"allowed from {current}: {', '.join(allowed)}" if allowed else f"{current} is final"
-        super().__init__(f"cannot change status from {current} to {requested} ({hint})")
 
 
 @dataclass(frozen=True)
@@ -76,5 +67,5 @@ def plan_transition(current: str, requested: str) -> Transition | None:
     if current == requested:
         return None
     if current not in _ALLOWED_FROM.get(requested, ()):
-        raise InvalidTransition(current, requested)
+        raise InvalidTransition(current, requested, allowed=allowed_next(current))
     return Transition(current, requested)

@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine, Row
 
-from incident_app.db import Bound, execute_together, single_statement, transaction
 from incident_app.metrics import IncidentMetrics
 from incident_app.peers.notify import CHANNEL, NotificationClient
 from incident_app.repository import events
 from incident_app.repository import outbox as queue
+from incident_app.statements import Bound, execute_together
+from incident_app.transactions import single_statement, transaction
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ class NotificationOutbox:
         """One attempt, nothing recorded: the caller records it (`sent` or `record_failure`), then `count`s it."""
         return self.notifier.send(pending.payload)
 
-    def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound]:
+    def sent(self, pending: Pending, *, now: datetime) -> tuple[Bound, Bound | None]:
         """What records a delivered attempt: the row marked sent (with the payload that went out) and
-        its `notified` event, independent writes for one statement (db.execute_together)."""
-        notified = events.event(pending.incident_pk, "notified", at=now, details=self.notified_details(pending))
-        return (
-            queue.mark_sent(pending.id, attempts=pending.attempts + 1, now=now, payload=pending.payload),
-            events.insert_events(notified, dialect=self.engine.dialect.name, prefix="notified"),
+        its `notified` event, independent writes for one statement (statements.execute_together)."""
+        return queue.delivered(
+            notification_id=pending.id, incident_pk=pending.incident_pk, attempts=pending.attempts + 1,
+            payload=pending.payload, details=self.notified_details(pending), now=now,
+            dialect=self.engine.dialect.name,
         )
 
     def notified_details(self, pending: Pending) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The data model in one file: SQLAlchemy Core tables and indexes, the migrations' target.
 
+The columns of `incidents` are also the fields of the incident document (documents.py): a column's
+`info` is its description in the OpenAPI document.
+
 Tables live in the PostgreSQL schema `incidents`; on SQLite the engine maps that schema away
 (see db.py), so the same Table objects serve both dialects.
 """
@@ -60,7 +63,7 @@ incidents = sa.Table(
     "incidents",
     metadata,
     sa.Column("id", sa.Uuid(), primary_key=True),
-    sa.Column("incident_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("incident_id", sa.String(255), nullable=False, unique=True, info={"example": "inc-3fa85f6457174562"}),
     sa.Column("title", sa.String(500), nullable=False),
     sa.Column("description", sa.Text()),
     sa.Column("service", sa.String(255), nullable=False),
@@ -102,8 +105,11 @@ sa.Index("ix_incident_alerts_alert_id", incident_alerts.c.alert_id)
 
 # ----------------------------------------------------------------------------- reliability (0002)
 
-incidents.append_column(sa.Column("escalation_level", sa.Integer(), nullable=False, server_default="0"))
-incidents.append_column(sa.Column("escalated_at", UTCDateTime()))
+incidents.append_column(sa.Column(
+    "escalation_level", sa.Integer(), nullable=False, server_default="0",
+    info={"description": "How many times it was escalated for staying open (0–3)."},
+))
+incidents.append_column(sa.Column("escalated_at", UTCDateTime(), info={"description": "When it was last escalated."}))
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint.
 _Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

@@ -1,5 +1,6 @@
 """Fixtures: both database backends (migrated once, emptied before each test), fake peers as real
-HTTP servers, the app and its client, and the service under real gunicorn.
+HTTP servers, the app and its client, the app's clock and an incident factory, and the service under
+real gunicorn.
 
 PostgreSQL comes from TEST_DATABASE_URL (default: postgres on 127.0.0.1:5432). Each run creates
 its own databases and drops them. Unreachable PostgreSQL fails the run under CI and skips the
@@ -12,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from incident_app import create_app, migrate
 from incident_app.settings import Settings, normalize_database_url
 from incident_app.tables import incident_counts, metadata
 from tests.support.gunicorn import GunicornService
+from tests.support.incidents import URL, VALID
 from tests.support.peers import FakePeer
 
 PG_ADMIN_URL = normalize_database_url(
@@ -224,6 +227,53 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+# --------------------------------------------------------------------------- shared setup
+
+class Clock:
+    """A clock a test sets: the real time until `set`, then that moment until set again or advanced."""
+
+    def __init__(self) -> None:
+        self.moment: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.moment or datetime.now(UTC)
+
+    def set(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment = self() + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(app) -> Clock:
+    """The app's clock, read by the use cases and by the create's flow (who stamps what)."""
+    fake = Clock()
+    service = app.extensions["incident_service"]
+    service.clock = service.opening.clock = fake
+    return fake
+
+
+@pytest.fixture
+def create_incident(request) -> Callable[..., dict]:
+    """Create an incident through the API and return its document: create_incident(severity="low"),
+    create_incident(status="resolved") (created, then PATCHed there), create_incident(alert_ids=[...]).
+    Through the test's `client` unless given another: create_incident(via=make_app(...).test_client())."""
+
+    def create(*, status: str = "open", via=None, **fields) -> dict:
+        client = via or request.getfixturevalue("client")
+        response = client.post(URL, json={**VALID, **fields})
+        assert response.status_code == 201, response.get_json()
+        document = response.get_json()
+        if status != "open":
+            response = client.patch(f"{URL}/{document['incident_id']}", json={"status": status})
+            assert response.status_code == 200, response.get_json()
+            document = response.get_json()
+        return document
+
+    return create
 
 
 # --------------------------------------------------------------------------- gunicorn

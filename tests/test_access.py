@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-VALID = {"title": "Auth drill", "service": "gateway", "severity": "low"}
+from tests.support.incidents import VALID
+
 KEYS = ("first-key-0123456789", "second-key-9876543210")
 
 

@@ -212,13 +212,12 @@ def test_durations_keep_microseconds_across_second_boundaries(client, app):
     assert body["avg_mttr_seconds"] == pytest.approx(1.5, abs=1e-9)
 
 
-def test_timings_through_the_api_with_the_service_clock(client, app):
-    service = app.extensions["incident_service"]
-    service.clock = lambda: T0
+def test_timings_through_the_api_with_the_service_clock(client, clock):
+    clock.set(T0)
     created = client.post("/api/v1/incidents", json={"title": "t", "service": "api", "severity": "medium"})
     incident_id = created.get_json()["incident_id"]
     for seconds, status in ((42.5, "acknowledged"), (100.25, "resolved")):
-        service.clock = lambda seconds=seconds: T0 + timedelta(seconds=seconds)
+        clock.set(T0 + timedelta(seconds=seconds))
         assert client.patch(f"/api/v1/incidents/{incident_id}", json={"status": status}).status_code == 200
     body = analytics(client)
     assert (body["avg_mtta_seconds"], body["avg_mttr_seconds"]) == (42.5, 100.25)

@@ -252,18 +252,13 @@ def test_concurrent_requests_all_get_the_computations_error(clock):
 # --------------------------------------------------------------------------- through the app
 
 
-def new_incident(client) -> None:
-    response = client.post("/api/v1/incidents", json={"title": "t", "service": "api", "severity": "high"})
-    assert response.status_code == 201, response.get_json()
-
-
 def total(client) -> int:
     response = client.get(URL)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["total_incidents"]
 
 
-def test_reused_answer_is_served_until_analytics_cache_seconds_have_passed(make_app):
+def test_reused_answer_is_served_until_analytics_cache_seconds_have_passed(make_app, create_incident):
     # One second rather than less, so that a busy machine still asks twice within it.
     age = 1.0
     app = make_app(analytics_cache_seconds=age)
@@ -273,7 +268,7 @@ def test_reused_answer_is_served_until_analytics_cache_seconds_have_passed(make_
 
     first_asked = time.monotonic()
     assert total(client) == 0
-    new_incident(client)
+    create_incident(via=client)
     assert total(client) == 0
     assert time.monotonic() - first_asked < age, "too slow to ask twice within the age"
 
@@ -281,23 +276,23 @@ def test_reused_answer_is_served_until_analytics_cache_seconds_have_passed(make_
     assert time.monotonic() - first_asked >= age
 
 
-def test_cheap_answers_show_a_new_incident_at_once(make_app):
+def test_cheap_answers_show_a_new_incident_at_once(make_app, create_incident):
     app = make_app()  # default ANALYTICS_CACHE_SECONDS
     # Cheap is below slow_after; on a loaded machine a first SQLite computation can outlast the
     # default 0.1 s (the default itself is pinned by the fake-clock tests above).
     app.extensions["incident_service"].analytics_cache.slow_after = 5.0
     client = app.test_client()
     assert total(client) == 0
-    new_incident(client)
+    create_incident(via=client)
     assert total(client) == 1
 
 
-def test_zero_analytics_cache_seconds_turns_reuse_off(make_app):
+def test_zero_analytics_cache_seconds_turns_reuse_off(make_app, create_incident):
     app = make_app(analytics_cache_seconds=0)
     app.extensions["incident_service"].analytics_cache.slow_after = 0
     client = app.test_client()
     assert total(client) == 0
-    new_incident(client)
+    create_incident(via=client)
     assert total(client) == 1
 
 

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-VALID = {"title": "Checkout latency", "service": "checkout", "severity": "high"}
+from tests.support.incidents import VALID
 
 
 def simultaneously(count, call):

@@ -108,12 +108,6 @@ def assert_list_totals_exact(client, engine: sa.Engine) -> None:
         assert response.get_json()["total"] == expected, filters
 
 
-def create(client, service: str, severity: str) -> str:
-    response = client.post(URL, json={"title": "Error rate above 5%", "service": service, "severity": severity})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["incident_id"]
-
-
 def patch(client, incident_id: str, expected_status: int = 200, **body) -> None:
     response = client.patch(f"{URL}/{incident_id}", json=body)
     assert response.status_code == expected_status, response.get_json()
@@ -126,8 +120,9 @@ def test_empty_database_has_no_counts(client, db):
     assert_list_totals_exact(client, db)
 
 
-def test_list_totals_follow_creates_and_every_transition(client, db):
-    made = [create(client, service, severity) for service in SERVICES for severity in SEVERITIES]
+def test_list_totals_follow_creates_and_every_transition(client, db, create_incident):
+    made = [create_incident(service=service, severity=severity)["incident_id"]
+            for service in SERVICES for severity in SEVERITIES]
     assert_list_totals_exact(client, db)
 
     acknowledged_then_resolved, resolved_directly, acknowledged, untouched = (made[i::4] for i in range(4))
@@ -201,7 +196,7 @@ def rows_by_shard(conn: sa.Connection) -> dict[int, int]:
 
 
 @postgresql_only
-def test_folding_leaves_one_row_per_key_and_every_total_exact(app, client, db):
+def test_folding_leaves_one_row_per_key_and_every_total_exact(app, client, db, create_incident):
     insert_in_one_statement(db, incident_rows(480))
     with db.begin() as conn:  # moves incidents between keys: some shards end at 0
         conn.execute(incidents.update().where(incidents.c.status == "open").values(status="resolved"))
@@ -212,7 +207,7 @@ def test_folding_leaves_one_row_per_key_and_every_total_exact(app, client, db):
     assert_list_totals_exact(client, db)
     with db.connect() as conn:
         assert rows_by_shard(conn) == {0: len(counted(conn))}
-    create(client, "search", "low")  # writers spread over shards again
+    create_incident(service="search", severity="low")  # writers spread over shards again
     assert_list_totals_exact(client, db)
 
 

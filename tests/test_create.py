@@ -60,11 +60,11 @@ def test_ids_are_unique_across_creates(client):
 
 
 def test_incident_id_collision_is_retried_not_a_500(client, monkeypatch):
-    from incident_app import service
+    from incident_app import flows
 
     first = new_incident(client).get_json()["incident_id"]
     issued = iter([first, first, "inc-00000000000000ab"])
-    monkeypatch.setattr(service, "new_incident_id", lambda: next(issued))
+    monkeypatch.setattr(flows, "new_incident_id", lambda: next(issued))
     response = new_incident(client)
     assert response.status_code == 201
     assert response.get_json()["incident_id"] == "inc-00000000000000ab"
@@ -158,13 +158,13 @@ def test_incident_is_stored_before_the_oncall_lookup_answers(client, oncall):
 def test_page_survives_a_creator_that_dies_before_the_lookup(app, notifier):
     """The incident's first commit already holds its notification: if the process dies before
     the on-call lookup, the background sends it, addressed to the service, once the hold ends."""
-    service = app.extensions["incident_service"]
-    row, _, _ = service._insert_with_fresh_id(  # the first commit of a create, and then nothing
-        reservation=None, title="Orphan", service="orphans", severity="high", description=None,
-    )
-    outbox = service.outbox
-    assert outbox.deliver_due(now=service.clock()) == 0  # held for the lookup that never comes
-    later = service.clock() + outbox.lease + service.oncall_lookup_bound + timedelta(seconds=1)
+    opening = app.extensions["incident_service"].opening
+    row = opening.store_new(  # the first commit of a create, and then nothing
+        title="Orphan", service="orphans", severity="high", description=None,
+    ).row
+    outbox = opening.outbox
+    assert outbox.deliver_due(now=opening.clock()) == 0  # held for the lookup that never comes
+    later = opening.clock() + outbox.lease + opening.oncall_lookup_bound + timedelta(seconds=1)
     assert outbox.deliver_due(now=later) == 1
     (page,) = notifier.requests_to(NOTIFY_PATH)
     assert page.body["incident_id"] == row.incident_id and page.body["engineer"] == "orphans"

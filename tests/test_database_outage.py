@@ -8,9 +8,8 @@ from sqlalchemy.engine import make_url
 
 from incident_app.db import CONNECT_TIMEOUT, PING_AFTER_IDLE_SECONDS
 from tests.support.gunicorn import GunicornService
+from tests.support.incidents import VALID
 from tests.support.proxy import TcpProxy
-
-VALID = {"title": "DB down drill", "service": "drill", "severity": "low"}
 
 
 @pytest.fixture

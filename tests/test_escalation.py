@@ -12,14 +12,7 @@ from incident_app import migrate
 from incident_app.settings import Settings
 from tests.support.reliability import wait_until
 
-VALID = {"title": "Orders stuck", "service": "orders", "severity": "high"}
 NOTIFY = "/api/v1/notify"
-
-
-def new_incident(client):
-    response = client.post("/api/v1/incidents", json=VALID)
-    assert response.status_code == 201
-    return response.get_json()["incident_id"]
 
 
 def escalate(app, *, minutes_from_now: float) -> int:
@@ -32,8 +25,8 @@ def escalations(app, severity="high"):
         "incident_escalations_total", {"severity": severity}) or 0.0
 
 
-def test_open_incident_is_escalated_to_the_secondary_after_the_timeout(app, client, notifier):
-    incident_id = new_incident(client)
+def test_open_incident_is_escalated_to_the_secondary_after_the_timeout(app, client, notifier, create_incident):
+    incident_id = create_incident()["incident_id"]
     before = escalations(app)
     assert escalate(app, minutes_from_now=4.9) == 0, "not before ESCALATION_TIMEOUT_MINUTES (5)"
     assert escalate(app, minutes_from_now=5.1) == 1
@@ -57,8 +50,8 @@ def test_open_incident_is_escalated_to_the_secondary_after_the_timeout(app, clie
     assert events[5]["details"] == note  # the system note, as the incident keeps it
 
 
-def test_each_level_waits_a_timeout_after_the_previous_and_stops_at_three(app, client, notifier):
-    incident_id = new_incident(client)
+def test_each_level_waits_a_timeout_after_the_previous_and_stops_at_three(app, client, notifier, create_incident):
+    incident_id = create_incident()["incident_id"]
     assert escalate(app, minutes_from_now=5.1) == 1
     assert escalate(app, minutes_from_now=5.2) == 0, "the next level waits a timeout after the last escalation"
     assert escalate(app, minutes_from_now=10.5) == 1
@@ -70,16 +63,16 @@ def test_each_level_waits_a_timeout_after_the_previous_and_stops_at_three(app, c
 
 
 @pytest.mark.parametrize("status", ["acknowledged", "resolved"])
-def test_acknowledged_or_resolved_incident_is_never_escalated(app, client, status):
-    incident_id = new_incident(client)
+def test_acknowledged_or_resolved_incident_is_never_escalated(app, client, status, create_incident):
+    incident_id = create_incident()["incident_id"]
     client.patch(f"/api/v1/incidents/{incident_id}", json={"status": status})
     assert escalate(app, minutes_from_now=60) == 0
     assert client.get(f"/api/v1/incidents/{incident_id}").get_json()["escalation_level"] == 0
 
 
-def test_without_secondary_the_assignee_stays_and_is_notified_again(app, client, oncall, notifier):
+def test_without_secondary_the_assignee_stays_and_is_notified_again(app, client, oncall, notifier, create_incident):
     oncall.respond(200, {"primary": {"email": "alice@example.com"}})
-    incident_id = new_incident(client)
+    incident_id = create_incident()["incident_id"]
     assert escalate(app, minutes_from_now=6) == 1
     incident = client.get(f"/api/v1/incidents/{incident_id}").get_json()
     assert incident["assigned_to"] == "alice@example.com"
@@ -88,19 +81,19 @@ def test_without_secondary_the_assignee_stays_and_is_notified_again(app, client,
     assert "reassigned" not in [e["type"] for e in events]
 
 
-def test_dead_oncall_service_still_escalates_and_notifies(make_app, notifier):
+def test_dead_oncall_service_still_escalates_and_notifies(make_app, notifier, create_incident):
     from tests.support.peers import closed_port_url
 
     app = make_app(oncall_service_url=closed_port_url())
     client = app.test_client()
-    incident_id = new_incident(client)
+    incident_id = create_incident(via=client)["incident_id"]
     assert escalate(app, minutes_from_now=6) == 1
     assert client.get(f"/api/v1/incidents/{incident_id}").get_json()["escalation_level"] == 1
-    assert notifier.requests_to(NOTIFY)[-1].body["engineer"] == "orders"  # unassigned: the service name
+    assert notifier.requests_to(NOTIFY)[-1].body["engineer"] == "storage"  # unassigned: the service name
 
 
-def test_concurrent_checkers_escalate_each_level_once(app, client, notifier):
-    incident_ids = [new_incident(client) for _ in range(5)]
+def test_concurrent_checkers_escalate_each_level_once(app, client, notifier, create_incident):
+    incident_ids = [create_incident()["incident_id"] for _ in range(5)]
     before = escalations(app)
     now = app.extensions["incident_service"].clock() + timedelta(minutes=6)
     escalator = app.extensions["background"].escalator
@@ -124,11 +117,11 @@ def own_database(backend, pg_database, sqlite_database):
     return url
 
 
-def test_fractional_timeout_escalates_through_the_background_loop(make_app, own_database):
+def test_fractional_timeout_escalates_through_the_background_loop(make_app, own_database, create_incident):
     # 0.02 minutes is 1.2 seconds; the check runs every 0.3 seconds.
     app = make_app(database_url=own_database, escalation_timeout_minutes=0.02, escalation_check_seconds=0.3)
     client = app.test_client()
-    incident_id = new_incident(client)
+    incident_id = create_incident(via=client)["incident_id"]
     background = app.extensions["background"].start()
     try:
         level = wait_until(

@@ -20,12 +20,12 @@ from sqlalchemy.engine import make_url
 
 from incident_app import tables
 from tests.support.gunicorn import GunicornService
+from tests.support.incidents import VALID
 from tests.support.peers import FakePeer
 from tests.support.proxy import TcpProxy
 from tests.support.reliability import engine_for, rows, wait_until
 
 NOTIFY = "/api/v1/notify"
-VALID = {"title": "Fault drill", "service": "drill", "severity": "high"}
 ONCALL_REPLY = {"primary": {"email": "alice@example.com"}, "secondary": {"email": "bob@example.com"}}
 
 

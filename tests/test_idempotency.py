@@ -8,9 +8,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from incident_app.idempotency import request_fingerprint
+from tests.support.incidents import VALID
 from tests.support.reliability import engine_for, rows, wait_until
 
-VALID = {"title": "Payment API error rate above 5%", "service": "payment-api", "severity": "critical"}
 NOTIFY = "/api/v1/notify"
 ONCALL = "/api/v1/oncall/current"
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from incident_app.lifecycle import InvalidTransition, Transition, allowed_next, plan_transition
+from incident_app.errors import InvalidTransition
+from incident_app.lifecycle import Transition, allowed_next, plan_transition
 
 
 @pytest.mark.parametrize(

@@ -32,15 +32,8 @@ def open_counts(client) -> dict[str, float]:
     return {s.labels["severity"]: s.value for s in families(client)["open_incidents"].samples}
 
 
-def create(client, severity: str) -> dict:
-    body = {"title": "Queue backlog", "service": "jobs", "severity": severity}
-    response = client.post("/api/v1/incidents", json=body)
-    assert response.status_code == 201
-    return response.get_json()
-
-
-def test_contract_metrics_have_their_types_and_label_names(client):
-    incident = create(client, "high")
+def test_contract_metrics_have_their_types_and_label_names(client, create_incident):
+    incident = create_incident(severity="high")
     client.patch(f"/api/v1/incidents/{incident['incident_id']}", json={"status": "acknowledged"})
     client.patch(f"/api/v1/incidents/{incident['incident_id']}", json={"status": "resolved"})
     found = families(client)
@@ -70,18 +63,18 @@ def test_open_incidents_lists_every_severity_with_zero_when_none(client):
     assert open_counts(client) == dict.fromkeys(SEVERITIES, 0)
 
 
-def test_open_incidents_follows_creates_and_resolutions(client):
-    first = create(client, "critical")
-    create(client, "critical")
-    acknowledged = create(client, "low")
+def test_open_incidents_follows_creates_and_resolutions(client, create_incident):
+    first = create_incident(severity="critical")
+    create_incident(severity="critical")
+    acknowledged = create_incident(severity="low")
     client.patch(f"/api/v1/incidents/{acknowledged['incident_id']}", json={"status": "acknowledged"})
     assert open_counts(client) == {"critical": 2, "high": 0, "medium": 0, "low": 1}
     client.patch(f"/api/v1/incidents/{first['incident_id']}", json={"status": "resolved"})
     assert open_counts(client) == {"critical": 1, "high": 0, "medium": 0, "low": 1}
 
 
-def test_same_status_again_observes_nothing(client):
-    incident = create(client, "medium")
+def test_same_status_again_observes_nothing(client, create_incident):
+    incident = create_incident(severity="medium")
     for _ in range(3):
         response = client.patch(f"/api/v1/incidents/{incident['incident_id']}", json={"status": "acknowledged"})
         assert response.status_code == 200
@@ -89,8 +82,8 @@ def test_same_status_again_observes_nothing(client):
     assert [s.value for s in mtta.samples if s.name.endswith("_count") and s.labels["severity"] == "medium"] == [1]
 
 
-def test_http_metrics_are_labelled_by_route_template_never_raw_path(client):
-    incident = create(client, "low")
+def test_http_metrics_are_labelled_by_route_template_never_raw_path(client, create_incident):
+    incident = create_incident(severity="low")
     client.get(f"/api/v1/incidents/{incident['incident_id']}")
     client.get("/no/such/page")
     http = families(client)["flask_http_request_duration_seconds"]

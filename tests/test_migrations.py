@@ -19,9 +19,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from incident_app import migrate
-from incident_app.db import create_engine, transaction
+from incident_app.db import create_engine
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, metadata
+from incident_app.transactions import transaction
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIALECTS = ("sqlite", "postgresql")

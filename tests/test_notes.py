@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-VALID = {"title": "Disk full", "service": "storage", "severity": "medium"}
 T0 = datetime(2026, 11, 26, 10, 4, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def incident(client):
-    return client.post("/api/v1/incidents", json=VALID).get_json()
+def incident(create_incident):
+    return create_incident()
 
 
 def add_note(client, incident_id, body):
@@ -30,8 +29,8 @@ def events_of(client, incident, kind):
     return [e for e in events if e["type"] == kind]
 
 
-def test_post_appends_the_note_and_answers_201_with_it(app, client, incident):
-    app.extensions["incident_service"].clock = lambda: T0
+def test_post_appends_the_note_and_answers_201_with_it(client, incident, clock):
+    clock.set(T0)
     response = add_note(client, incident["incident_id"], {"content": "  rolled back  ", "author": "SRE Admin"})
     assert response.status_code == 201, response.get_json()
     note = response.get_json()

@@ -17,13 +17,6 @@ from tests.support.peers import closed_port_url
 from tests.support.reliability import rows, wait_until
 
 NOTIFY = "/api/v1/notify"
-VALID = {"title": "Disk full", "service": "storage", "severity": "high"}
-
-
-def new_incident(client, **changes):
-    response = client.post("/api/v1/incidents", json={**VALID, **changes})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
 
 
 def outbox(url):
@@ -44,8 +37,8 @@ def test_retry_waits_start_at_five_seconds_and_double_up_to_five_minutes():
     assert waits == [5, 10, 20, 40, 80, 160, 300, 300, 300]
 
 
-def test_notification_is_written_in_the_outbox_and_marked_sent(client, notifier, database_url):
-    incident = new_incident(client)
+def test_notification_is_written_in_the_outbox_and_marked_sent(notifier, database_url, create_incident):
+    incident = create_incident()
     (request,) = notifier.requests_to(NOTIFY)
     (row,) = outbox(database_url)
     assert row.state == "sent" and row.attempts == 1
@@ -54,9 +47,11 @@ def test_notification_is_written_in_the_outbox_and_marked_sent(client, notifier,
     assert set(request.body) == {"incident_id", "engineer", "channel", "message", "severity", "notification_id"}
 
 
-def test_refused_notification_stays_pending_and_is_retried_with_the_same_id(app, client, notifier, database_url):
+def test_refused_notification_stays_pending_and_is_retried_with_the_same_id(
+    app, notifier, database_url, create_incident
+):
     notifier.respond(503, {"error": "down"})
-    new_incident(client)
+    create_incident()
     (first,) = notifier.requests_to(NOTIFY)
     (row,) = outbox(database_url)
     assert (row.state, row.attempts) == ("pending", 1)
@@ -73,10 +68,10 @@ def test_refused_notification_stays_pending_and_is_retried_with_the_same_id(app,
     assert outbox_work.deliver_due(now=later(app, 3600)) == 0, "a delivered notification is never sent again"
 
 
-def test_every_attempt_counts_in_the_metric(app, client, notifier):
+def test_every_attempt_counts_in_the_metric(app, notifier, create_incident):
     notifier.respond(500, {})
     before_failed, before_sent = sent(app, "failed"), sent(app, "sent")
-    new_incident(client)
+    create_incident()
     outbox_work = app.extensions["background"].outbox
     outbox_work.deliver_due(now=later(app, 6))  # 2nd attempt fails, next wait 10 s
     notifier.respond(200, {})
@@ -85,9 +80,9 @@ def test_every_attempt_counts_in_the_metric(app, client, notifier):
     assert sent(app, "sent") == before_sent + 1
 
 
-def test_backoff_doubles_between_attempts(app, client, notifier, database_url):
+def test_backoff_doubles_between_attempts(app, notifier, database_url, create_incident):
     notifier.respond(503, {})
-    new_incident(client)
+    create_incident()
     outbox_work = app.extensions["background"].outbox
     start = app.extensions["incident_service"].clock()
     elapsed = 0
@@ -99,9 +94,9 @@ def test_backoff_doubles_between_attempts(app, client, notifier, database_url):
     assert row.attempts == 6 and row.state == "pending"
 
 
-def test_gives_up_after_24_hours_and_says_so_in_the_timeline(app, client, notifier, database_url):
+def test_gives_up_after_24_hours_and_says_so_in_the_timeline(app, client, notifier, database_url, create_incident):
     notifier.respond(503, {})
-    incident = new_incident(client)
+    incident = create_incident()
     app.extensions["background"].outbox.deliver_due(now=later(app, 24 * 3600 + 1))
     (row,) = outbox(database_url)
     assert row.state == "expired"
@@ -110,17 +105,17 @@ def test_gives_up_after_24_hours_and_says_so_in_the_timeline(app, client, notifi
     assert failures[-1]["details"].get("gave_up") is True
 
 
-def test_dead_notification_service_keeps_the_notification_for_later(make_app, notifier, database_url):
+def test_dead_notification_service_keeps_the_notification_for_later(make_app, notifier, database_url, create_incident):
     client = make_app(notification_service_url=closed_port_url()).test_client()
-    new_incident(client)
+    create_incident(via=client)
     (row,) = outbox(database_url)
     assert row.state == "pending"
 
 
-def test_concurrent_claimers_deliver_each_notification_once(app, client, notifier, database_url, backend):
+def test_concurrent_claimers_deliver_each_notification_once(app, notifier, database_url, backend, create_incident):
     notifier.respond(503, {})
     for _ in range(12):
-        new_incident(client)
+        create_incident()
     notifier.reset()
     notifier.respond(200, {})
     outbox_work = app.extensions["background"].outbox
@@ -146,10 +141,10 @@ def own_database(backend, pg_database, sqlite_database):
     return url
 
 
-def test_background_work_retries_within_ten_seconds(make_app, notifier, own_database):
+def test_background_work_retries_within_ten_seconds(make_app, notifier, own_database, create_incident):
     notifier.respond(503, {})
     app = make_app(database_url=own_database)
-    new_incident(app.test_client())
+    create_incident(via=app.test_client())
     failed_at = time.monotonic()
     notifier.respond(200, {})
     background = app.extensions["background"].start()
@@ -168,11 +163,11 @@ def test_background_work_can_be_turned_off():
     assert Settings.from_env({}).background_work is True
 
 
-def test_a_retried_delivery_logs_no_error(app, client, notifier, database_url, caplog):
+def test_a_retried_delivery_logs_no_error(app, notifier, database_url, caplog, create_incident):
     # Recording a delivery made by the background work once logged a false ERROR on PostgreSQL
     # (asking an UPDATE without RETURNING for its rows), although the row was recorded.
     notifier.respond(503, {"error": "down"})
-    new_incident(client)
+    create_incident()
     notifier.respond(200, {"status": "sent"})
     caplog.clear()
     with caplog.at_level("INFO"):

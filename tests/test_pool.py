@@ -7,10 +7,11 @@ import sqlalchemy as sa
 
 from incident_app import db
 from incident_app.settings import Settings
+from incident_app.transactions import transaction
 
 
 def _backend_pid(engine: sa.Engine) -> int:
-    with db.transaction(engine) as conn:
+    with transaction(engine) as conn:
         return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
 
 

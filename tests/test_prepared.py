@@ -1,4 +1,4 @@
-"""Server-side prepared statements (db.execute_prepared): what get one and lists run on PostgreSQL."""
+"""Server-side prepared statements (prepared.execute_prepared): what get one and lists run on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from incident_app.db import execute_prepared, reading, transaction
+from incident_app.prepared import execute_prepared
 from incident_app.tables import incidents
+from incident_app.transactions import reading, transaction
 
 NEW = {"title": "Checkout errors", "service": "payments", "severity": "high"}
 

@@ -12,12 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from incident_app import tables
-from incident_app.db import Bound, execute_together, single_statement, transaction
-from incident_app.repository import events
+from incident_app.repository import events, platform_alerts
 from incident_app.repository import incidents as repo
 from incident_app.repository import outbox as outbox_queue
 from incident_app.repository.first_contacts import FirstContact
+from incident_app.statements import Bound, execute_together
 from incident_app.tables import incident_events
+from incident_app.transactions import single_statement, transaction
 
 postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 pytestmark = postgresql_only
@@ -34,10 +35,9 @@ def sent(app, monkeypatch) -> Iterator[list[tuple[str, bool]]]:
     before and not again during the test: a lookup falling due would add a SELECT to what it counts.
     """
     seen: list[tuple[str, bool]] = []
-    monkeypatch.setattr(repo, "_ALERTS_TABLE_TTL", math.inf)
-    repo.forget_platform_alerts_table()
-    with app.extensions["engine"].connect() as conn:
-        repo.new_links(conn, uuid.uuid4(), [uuid.uuid4()], datetime.now(UTC))  # looks the table up
+    monkeypatch.setattr(platform_alerts, "TABLE_TTL", math.inf)
+    platform_alerts.forget_table()
+    app.extensions["store"].new_links(uuid.uuid4(), [uuid.uuid4()], datetime.now(UTC))  # looks the table up
 
     def record(conn, _cursor, statement, *_args) -> None:
         seen.append((statement.split(None, 1)[0].upper(), conn.connection.dbapi_connection.autocommit))
@@ -50,7 +50,7 @@ def sent(app, monkeypatch) -> Iterator[list[tuple[str, bool]]]:
 
 def executed(sent: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
     """What `sent` recorded less the PREPAREs, each sent once per connection, before the connection's
-    first EXECUTE of that statement (db.execute_prepared)."""
+    first EXECUTE of that statement (prepared.execute_prepared)."""
     assert all(autocommit for keyword, autocommit in sent if keyword == "PREPARE")
     return [statement for statement in sent if statement[0] != "PREPARE"]
 
@@ -107,7 +107,7 @@ def test_get_one_is_one_statement_outside_any_transaction(client, sent):
         assert executed(sent) == [("EXECUTE", True)]
 
 
-# A list with two filters or more is planned for its values each time (repository.list_page_json).
+# A list with two filters or more is planned for its values each time (PostgresStore.page).
 @pytest.mark.parametrize(("query", "keyword"), [
     ("", "EXECUTE"), ("?status=open", "EXECUTE"), ("?service=payments&offset=1", "EXECUTE"),
     ("?severity=high&service=payments&offset=1", "SELECT"),
@@ -158,7 +158,7 @@ def test_a_transaction_only_leaves_autocommit_so_psycopg2_sends_no_set_before_it
 
 def test_hot_paths_run_statements_built_once(app, client, oncall, notifier):
     """Building a statement around its values, then computing its cache key, cost a create 1.1 ms of
-    its 6: the hot paths run statements built once per shape, their values bound (db.Bound)."""
+    its 6: the hot paths run statements built once per shape, their values bound (statements.Bound)."""
     engine = app.extensions["engine"]
 
     def statements() -> list[object]:
@@ -193,7 +193,7 @@ def test_statements_run_together_may_not_share_a_parameter_name(app):
 
 
 def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, client, sent, oncall, notifier):
-    """The group commit's statement (repository.first_contacts), for several incidents at once: each
+    """The group commit's statement (first_contacts.record_many), for several incidents at once: each
     gets its own assignee and events, and one assigned meanwhile keeps its assignee."""
     oncall.respond(404, {"code": 404, "status": "Not Found", "message": "no schedule"})
     notifier.respond(503, {"error": "down"})  # the notifications stay pending, to be delivered below
@@ -211,11 +211,13 @@ def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, cl
     for incident_id in ids:
         notification = pending[incidents[incident_id].id]
         contacts.append(FirstContact(
-            incidents[incident_id].id, "alice@example.com", now, notification.id, 2,
-            {**notification.payload, "engineer": "alice@example.com"}, {"attempt": 2, "marker": incident_id}, now,
+            incident_pk=incidents[incident_id].id, assignee="alice@example.com", assigned_at=now,
+            notification_id=notification.id, attempts=2,
+            payload={**notification.payload, "engineer": "alice@example.com"},
+            notified={"attempt": 2, "marker": incident_id}, sent_at=now,
         ))
     sent.clear()
-    recorded = app.extensions["incident_service"]._record_first_contacts(contacts)
+    recorded = app.extensions["store"].record_first_contacts(contacts)
     assert sent == [("WITH", True)]
     assert [row.assigned_to if row else None for row in recorded] == ["alice@example.com"] * 2 + [None]
     for incident_id, expected in zip(ids, ["alice@example.com", "alice@example.com", "carol"], strict=True):
@@ -231,7 +233,7 @@ def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, cl
 
 
 def test_new_incidents_of_several_creates_are_stored_in_one_statement(app, client, sent):
-    """The group commit's first statement (repository.insert_new_incidents), for several incidents:
+    """The group commit's first statement (incidents.insert_many), for several incidents:
     each with its own links, timeline (in order) and notification."""
     now = datetime.now(UTC)
     new = []
@@ -247,7 +249,7 @@ def test_new_incidents_of_several_creates_are_stored_in_one_statement(app, clien
                                             first_attempt_at=now)
         new.append(repo.NewIncident(values, repo.links(pk, alert_ids, now), timeline, notification))
     sent.clear()
-    rows = app.extensions["incident_service"]._insert_new_incidents(new)
+    rows = app.extensions["store"].insert_many(new)
     assert sent == [("WITH", True)]
     assert [row.incident_id for row in rows] == [f"inc-{i:016x}" for i in range(3)]
     for incident, row in zip(new, rows, strict=True):

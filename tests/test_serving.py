@@ -10,8 +10,7 @@ import requests
 import sqlalchemy as sa
 
 from tests.support.gunicorn import GunicornService
-
-VALID = {"title": "Lock drill", "service": "drill", "severity": "low"}
+from tests.support.incidents import VALID
 
 
 @pytest.fixture

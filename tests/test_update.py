@@ -8,13 +8,15 @@ import sqlalchemy as sa
 
 from incident_app.service import OPTIMISTIC_ATTEMPTS
 from incident_app.tables import incident_events, incidents
+from tests.support.incidents import VALID
 
-VALID = {"title": "Disk full", "service": "storage", "severity": "medium"}
+# Medium: the metrics these tests read are labelled by severity.
+MEDIUM = {**VALID, "severity": "medium"}
 
 
 @pytest.fixture
-def incident(client):
-    return client.post("/api/v1/incidents", json=VALID).get_json()
+def incident(create_incident):
+    return create_incident(severity="medium")
 
 
 def patch(client, incident, **body):
@@ -90,12 +92,11 @@ def test_transition_metrics_are_observed_once_per_incident(app, client, incident
     assert sample(app, "incidents_total", status="resolved", severity="medium") >= 1
 
 
-def test_backdated_acknowledge_observes_the_real_mtta(app, client):
+def test_backdated_acknowledge_observes_the_real_mtta(app, client, clock):
     created = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-    service = app.extensions["incident_service"]
-    service.clock = lambda: created
-    incident = client.post("/api/v1/incidents", json=VALID).get_json()
-    service.clock = lambda: created + timedelta(seconds=95.5)
+    clock.set(created)
+    incident = client.post("/api/v1/incidents", json=MEDIUM).get_json()
+    clock.set(created + timedelta(seconds=95.5))
     acked = patch(client, incident, status="acknowledged").get_json()
     assert acked["mtta_seconds"] == 95.5
     assert acked["acknowledged_at"] == "2026-11-26T10:01:35.500000+00:00"

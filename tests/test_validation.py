@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-VALID = {"title": "Disk full", "service": "storage", "severity": "high"}
+from tests.support.incidents import VALID
 
 
 def assert_error(response, code, *fields):
@@ -18,8 +18,8 @@ def assert_error(response, code, *fields):
 
 
 @pytest.fixture
-def incident_id(client):
-    return client.post("/api/v1/incidents", json=VALID).get_json()["incident_id"]
+def incident_id(create_incident):
+    return create_incident()["incident_id"]
 
 
 # --------------------------------------------------------------------------- create
@@ -142,12 +142,22 @@ def test_unknown_field_with_empty_patch_is_422_not_400(client, incident_id):
 # --------------------------------------------------------------------------- not found and other paths
 
 
+# Every endpoint of one incident, with a body it would accept.
+ONE_INCIDENT = {
+    "get": ("GET", "", None),
+    "patch": ("PATCH", "", {"status": "resolved"}),
+    "timeline": ("GET", "/events", None),
+    "link alerts": ("POST", "/alerts", {"alert_ids": ["3fa85f64-5717-4562-b3fc-2c963f66afa6"]}),
+}
+
+
+@pytest.mark.parametrize("endpoint", ONE_INCIDENT)
 @pytest.mark.parametrize(
     "incident_id", ["inc-0000000000000000", "nope", "inc-ZZZZ", "inc-%00", "x" * 2000, "inc-00000000000000001"]
 )
-def test_unknown_incident_is_404_json(client, incident_id):
-    assert_error(client.get(f"/api/v1/incidents/{incident_id}"), 404)
-    assert_error(client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "resolved"}), 404)
+def test_unknown_incident_is_404_json(client, endpoint, incident_id):
+    method, suffix, body = ONE_INCIDENT[endpoint]
+    assert_error(client.open(f"/api/v1/incidents/{incident_id}{suffix}", method=method, json=body), 404)
 
 
 def test_unknown_route_is_404_json(client):

@@ -13,6 +13,8 @@ from flask_smorest import Api
 from marshmallow import fields
 from swagger_ui_bundle import swagger_ui_path
 
+from incident_app.errors import error_body
+
 DOCS_PATH = "docs"
 ASSETS_URL = f"/{DOCS_PATH}/assets/"
 
@@ -43,25 +45,18 @@ class ErrorSchema(ma.Schema):
     )
 
 
-def _error(code: int, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
-    if errors:
-        body["errors"] = errors
-    return body
-
-
 ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
-    400: _error(400, "cannot change status from resolved to acknowledged (resolved is final)",
-                {"status": ["resolved → acknowledged is not allowed"]}),
-    401: _error(401, "missing or invalid API key: send Authorization: Bearer <key>"),
-    404: _error(404, "incident inc-3fa85f6457174562 not found"),
-    405: _error(405, "The method is not allowed for the requested URL."),
-    409: _error(409, "a request with this Idempotency-Key is still in progress"),
-    413: _error(413, "The data value transmitted exceeds the capacity limit."),
-    422: _error(422, "invalid input: see errors", {"severity": ["Must be one of: critical, high, medium, low."],
-                                                   "bogus": ["Unknown field."]}),
-    500: _error(500, "internal server error"),
-    503: _error(503, "database unavailable, try again shortly"),
+    400: error_body(400, "cannot change status from resolved to acknowledged (resolved is final)",
+                    {"status": ["resolved → acknowledged is not allowed"]}),
+    401: error_body(401, "missing or invalid API key: send Authorization: Bearer <key>"),
+    404: error_body(404, "incident inc-3fa85f6457174562 not found"),
+    405: error_body(405, "The method is not allowed for the requested URL."),
+    409: error_body(409, "a request with this Idempotency-Key is still in progress"),
+    413: error_body(413, "The data value transmitted exceeds the capacity limit."),
+    422: error_body(422, "invalid input: see errors", {"severity": ["Must be one of: critical, high, medium, low."],
+                                                       "bogus": ["Unknown field."]}),
+    500: error_body(500, "internal server error"),
+    503: error_body(503, "database unavailable, try again shortly"),
 }
 
 _DESCRIPTIONS = {

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from incident_app import schemas
 from incident_app.api.parsing import StrictJsonParser
 from incident_app.repository.analytics import AnalyticsFilters
-from incident_app.repository.incidents import ListFilters
+from incident_app.repository.pages import ListFilters
 from incident_app.service import IncidentService
 
 blp = Blueprint(
@@ -37,9 +37,8 @@ class Incidents(MethodView):
         """
         filters = ListFilters(status=query.get("status"), severity=query.get("severity"), service=query.get("service"))
         page = incidents_service().list_incidents(filters, limit=query["limit"], offset=query["offset"])
-        if isinstance(page, str):  # the JSON, written by PostgreSQL: sent as it is
-            return current_app.response_class(page, mimetype="application/json")
-        return page
+        # The store wrote the body from the declaration IncidentPageSchema is made of: sent as it is.
+        return current_app.response_class(page.body, mimetype="application/json")
 
     @blp.arguments(schemas.IncidentCreateSchema())
     @blp.arguments(schemas.IdempotencyHeaderSchema(), location="headers")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from incident_app.documents import rfc3339, summary_json
 from incident_app.feed.cursor import Cursor
-from incident_app.schemas import format_list_item, rfc3339
 
 
 def event_document(event: Mapping[str, Any], incident: Mapping[str, Any]) -> dict[str, Any]:
     """`{"cursor", "type", "incident_id", "created_at", "actor", "details", "incident"}`: `event` is a
-    timeline row with its `xact_id` and `id`, `incident` the incident's document (service.incident_document)."""
+    timeline row with its `xact_id` and `id`, `incident` the incident's document (documents.incident_document)."""
     return {
         "cursor": str(Cursor(event["xact_id"], event["id"])),
         "type": event["type"],
@@ -19,7 +19,7 @@ def event_document(event: Mapping[str, Any], incident: Mapping[str, Any]) -> dic
         "created_at": rfc3339(event["created_at"]),
         "actor": event["actor"],
         "details": event["details"],
-        "incident": format_list_item(incident),
+        "incident": summary_json(incident),
     }
 
 

@@ -27,11 +27,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from incident_app.db import reading
+from incident_app.documents import incident_document
 from incident_app.feed.cursor import Cursor
 from incident_app.feed.document import event_document, websocket_message
 from incident_app.repository import feed as feed_queries
-from incident_app.service import incident_document
+from incident_app.transactions import reading
 
 log = logging.getLogger(__name__)
 

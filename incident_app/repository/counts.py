@@ -7,8 +7,8 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from incident_app.db import transaction
 from incident_app.tables import SCHEMA
+from incident_app.transactions import transaction
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import arrays, bind, insert_arrays, prefixed, unnest_arrays
 from incident_app.lifecycle import Status
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
+from incident_app.statements import arrays, bind, insert_arrays, prefixed, unnest_arrays
 from incident_app.tables import incident_events, incidents, notification_outbox
 
 i = incidents.c

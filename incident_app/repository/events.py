@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from incident_app.db import Bound, prefixed
+from incident_app.statements import Bound, prefixed
 from incident_app.tables import incident_events
 
 COLUMNS = ("incident_id", "type", "actor", "details", "created_at")
@@ -34,7 +34,7 @@ def insert_events(*events: Mapping[str, Any], dialect: str, prefix: str = "event
     """One INSERT of the given events, in order (their serial ids follow it); None when there are none.
 
     On PostgreSQL a UNION ALL of one-row SELECTs of bound values (`from_rows`), so that it can run
-    with other statements (db.execute_together); elsewhere executemany. `prefix` names its values.
+    with other statements (statements.execute_together); elsewhere executemany. `prefix` names its values.
     """
     if not events:
         return None

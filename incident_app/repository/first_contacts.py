@@ -1,5 +1,6 @@
-"""PostgreSQL: what the creates learnt after their commit (who is on call, whether the notification
-went out), recorded for many new incidents in one statement (service: group commit)."""
+"""What a create learnt after its first commit (who is on call, that its notification went out):
+one operation, two implementations. `record_many`: PostgreSQL, for many new incidents in one
+statement (PostgresStore's group commit). `record_one`: any database, statement by statement."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import arrays, unnest_arrays
 from incident_app.repository import events
+from incident_app.repository import outbox as outbox_queue
+from incident_app.repository.incidents import assign_if_unassigned
 from incident_app.repository.outbox import PENDING, SENT
+from incident_app.statements import arrays, execute_together, unnest_arrays
 from incident_app.tables import incident_events, incidents, notification_outbox
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FirstContact:
     """A new incident's on-call assignee as of `assigned_at` (None: nobody on call), and its
     notification delivered: the outbox row as sent, and its `notified` event."""
@@ -34,7 +37,19 @@ class FirstContact:
     sent_at: datetime
 
 
-def record(conn: Connection, contacts: Sequence[FirstContact]) -> dict[uuid.UUID, Row]:
+def record_one(conn: Connection, contact: FirstContact) -> Row | None:
+    """As `record_many`, for one contact: the incident if it assigned it, else None."""
+    writes = outbox_queue.delivered(
+        notification_id=contact.notification_id, incident_pk=contact.incident_pk, attempts=contact.attempts,
+        payload=contact.payload, details=contact.notified, now=contact.sent_at, dialect=conn.dialect.name,
+    )
+    if contact.assignee is None:
+        execute_together(conn, *writes)
+        return None
+    return assign_if_unassigned(conn, contact.incident_pk, contact.assignee, contact.assigned_at, together=writes)
+
+
+def record_many(conn: Connection, contacts: Sequence[FirstContact]) -> dict[uuid.UUID, Row]:
     """Each incident gets its assignee, with an `assigned` event, unless it has one already (someone
     assigned it meanwhile: theirs stands); each notification is marked sent (if still pending) with
     its `notified` event. Returns the incidents it assigned, by primary key."""

@@ -2,52 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import (
-    Bound,
-    arrays,
-    autocommitting,
-    bind,
-    execute_prepared,
-    execute_together,
-    insert_arrays,
-    prefixed,
-)
-from incident_app.repository import events
+from incident_app.repository import events, platform_alerts
 from incident_app.repository import outbox as outbox_queue
+from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed
 from incident_app.tables import (
-    UTCDateTime,
     incident_alerts,
-    incident_counts,
     incident_events,
     incidents,
     notification_outbox,
 )
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ListFilters:
-    status: str | None = None
-    severity: str | None = None
-    service: str | None = None
-
-    def clauses(self, table: sa.Table = incidents) -> list[sa.ColumnElement[bool]]:
-        """Equality on each given field, on `incidents` or on a table with the same columns (incident_counts)."""
-        return [table.c[name] == value for name, value in vars(self).items() if value is not None]
 
 
 @dataclass(frozen=True)
@@ -66,14 +40,10 @@ NEW_COLUMNS = ("id", "incident_id", "title", "description", "service", "severity
 _LINK_COLUMNS = ("incident_id", "alert_id", "linked_at")
 
 
-def insert_new_incidents(conn: Connection, new: Sequence[NewIncident]) -> list[Row]:
-    """Store new incidents with their rows; the stored incidents, in order.
-
-    PostgreSQL: one statement for any number of them, each table's rows given as arrays (the
-    service's group commit hands it the creates of the moment). SQLite: one incident at a time.
-    """
-    if conn.dialect.name != "postgresql":
-        return [_insert_new_incident(conn, incident) for incident in new]
+def insert_many(conn: Connection, new: Sequence[NewIncident]) -> list[Row]:
+    """PostgreSQL: store new incidents with their rows in one statement for any number of them, each
+    table's rows given as arrays (PostgresStore's group commit hands it the creates of the moment).
+    The stored incidents, in order."""
     parameters = {
         **arrays([incident.values for incident in new], NEW_COLUMNS, "incident_"),
         **arrays([link for incident in new for link in incident.links], _LINK_COLUMNS, "link_"),
@@ -93,7 +63,8 @@ _INSERT_NEW = (
 )
 
 
-def _insert_new_incident(conn: Connection, new: NewIncident) -> Row:
+def insert_one(conn: Connection, new: NewIncident) -> Row:
+    """Store a new incident with its rows, statement by statement where they cannot be one."""
     insert = Bound(_insert_incident(tuple(new.values)), prefixed(new.values, "incident_"))
     links = Bound(incident_alerts.insert(), list(new.links)) if new.links else None
     (row,) = execute_together(conn, insert, links, events.insert_events(*new.timeline, dialect=conn.dialect.name),
@@ -133,7 +104,7 @@ def assign_if_unassigned(
 ) -> Row | None:
     """Set the assignee, with its `assigned` event, unless someone set one meanwhile (None then).
 
-    `together` are further independent writes made in the same statement (db.execute_together).
+    `together` are further independent writes made in the same statement (statements.execute_together).
     """
     event = events.event(pk, "assigned", at=now, details={"assigned_to": assignee})
     parameters = {"pk": pk, "was_assigned_to": None, **prefixed({"assigned_to": assignee, "updated_at": now}, "new_")}
@@ -183,7 +154,7 @@ def update_if_unchanged(
 
 @functools.cache
 def _update_if_unchanged(columns: tuple[str, ...], unchanged: tuple[str, ...]) -> sa.Update:
-    # Built once per shape, its values bound at execution (db.Bound): a CTE returning every column
+    # Built once per shape, its values bound at execution (statements.Bound): a CTE returning every column
     # costs more to build and cache-key (0.6 ms) than the round trip it saves.
     was = bind(incidents, unchanged, "was_")
     return (
@@ -202,89 +173,6 @@ def _with_events_from(update: sa.Update, event_count: int) -> sa.Select:
     return sa.select(*changed.c).add_cte(events.from_rows(event_count, "event", source=changed).cte("timeline"))
 
 
-def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
-    """A page, newest first, and the number of incidents matching the filters, in one statement (one
-    snapshot). The total is the triggers' counts, not a count(*): a few rows to sum instead of up to
-    every matching incident."""
-    counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(
-        *filters.clauses(incident_counts)
-    )
-    page = conn.execute(
-        sa.select(*incidents.c, counted.scalar_subquery().label("total"))
-        .where(*filters.clauses())
-        .order_by(incidents.c.created_at.desc(), incidents.c.incident_id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    total = page[0].total if page else 0
-    if not page and offset:  # a page past the end carries no total: ask for it alone
-        total = conn.execute(counted).scalar_one()
-    # int(): PostgreSQL's sum of a bigint is a numeric, which psycopg2 returns as a Decimal.
-    return page, int(total)
-
-
-def list_page_json(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> str:
-    """PostgreSQL only: what `list_incidents` reads, as the API's JSON text, built by the database.
-
-    Turning 50 rows into Python values and then into JSON was a third of a list request's time in
-    the worker; PostgreSQL builds the same document in C. tests/test_list.py holds it equal to the
-    page the service builds from `list_incidents` (which SQLite uses).
-    """
-    given = {name: value for name, value in vars(filters).items() if value is not None}
-    statement = _page_json(tuple(given))
-    parameters = {**given, "limit": limit, "offset": offset}
-    if len(given) > 1:
-        # Which index serves two filters best depends on their values (a plan for any values read
-        # up to 7 times longer at 1,000,000 rows): planned for the values, every time.
-        return conn.execute(statement, parameters).scalar_one()
-    return execute_prepared(conn, statement, parameters).scalar_one()
-
-
-# A list item's fields beyond the stored columns, as the service computes them (service.incident_document).
-_SECONDS_BETWEEN = {"mtta_seconds": "acknowledged_at", "mttr_seconds": "resolved_at"}
-_RFC3339_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'  # schemas.rfc3339: UTC, always microseconds
-
-
-@functools.cache
-def _page_json(filtered_on: tuple[str, ...]) -> sa.Select:
-    # Built once per combination of filters, its values bound at execution: compiled and cache-keyed once.
-    def equal(table: sa.Table) -> list[sa.ColumnElement[bool]]:
-        return [table.c[name] == sa.bindparam(name) for name in filtered_on]
-
-    newest_first = (incidents.c.created_at.desc(), incidents.c.incident_id.desc())
-    page = (
-        sa.select(incidents).where(*equal(incidents)).order_by(*newest_first)
-        .limit(sa.bindparam("limit")).offset(sa.bindparam("offset"))
-        .subquery("page")
-    )
-
-    def value(name: str) -> sa.ColumnElement[Any]:
-        if name in _SECONDS_BETWEEN:
-            later = page.c[_SECONDS_BETWEEN[name]]
-            return sa.cast(sa.extract("epoch", later - page.c.created_at), postgresql.DOUBLE_PRECISION)
-        column = page.c[name]
-        if isinstance(column.type, UTCDateTime):
-            return sa.func.to_char(sa.func.timezone("UTC", column), _RFC3339_UTC)
-        return column
-
-    # Each item is a row of the API's fields, turned into a JSON object as a whole (json_agg of the
-    # row): 0.09 ms less per page than naming every field in a json_build_object.
-    item = sa.select(*(value(name).label(name) for name in (*incidents.c.keys(), *_SECONDS_BETWEEN))).subquery("item")
-    # The RFC 3339 text of a time in UTC sorts as the time does, byte by byte.
-    newest_item_first = (item.c.created_at.collate("C").desc(), item.c.incident_id.desc())
-    items = sa.func.json_agg(postgresql.aggregate_order_by(item.table_valued(), *newest_item_first))
-    total = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
-    pairs = {
-        "incidents": sa.func.coalesce(items, sa.literal_column("'[]'::json")),
-        "total": total.scalar_subquery(),
-        "limit": sa.bindparam("limit"),
-        "offset": sa.bindparam("offset"),
-    }
-    document = sa.func.json_build_object(*(x for key, v in pairs.items() for x in (sa.literal_column(f"'{key}'"), v)))
-    # As text: psycopg2 would otherwise decode the json into Python objects.
-    return sa.select(sa.cast(document, sa.Text).label("page")).select_from(item)
-
-
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
     rows = links(incident_pk, alert_ids, now)
@@ -295,94 +183,46 @@ def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uu
     return conn.execute(statement).rowcount
 
 
-# The platform's Alert Ingestion Service may keep its alerts in the same database. It is optional:
-# its presence is looked up, cached for a minute, and linked alerts are enriched only when it is there.
-_ALERT_COLUMNS = ("id", "service", "severity", "message", "timestamp")
-_platform_alerts = sa.Table(
-    "alerts",
-    sa.MetaData(),
-    sa.Column("id", sa.Uuid()),
-    sa.Column("service", sa.Text()),
-    sa.Column("severity", sa.Text()),
-    sa.Column("message", sa.Text()),
-    sa.Column("timestamp", UTCDateTime()),
-    schema="alerts",
-)
-_ALERTS_TABLE_TTL = 60.0
-_alerts_table_seen: dict[str, tuple[float, bool]] = {}
+def add_links(conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> Row:
+    """Link alerts not linked yet, with their `alerts_linked` event; the incident as updated."""
+    link_alerts(conn, incident_pk, alert_ids, now)
+    events.record_event(conn, incident_pk, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in alert_ids]})
+    return update_incident(incident_pk, {"updated_at": now}).execute(conn).one()
 
 
-def forget_platform_alerts_table() -> None:
-    """Look the platform's alerts table up again on next use, e.g. after it was created or dropped."""
-    _alerts_table_seen.clear()
+def write_change(
+    conn: Connection, incident_pk: uuid.UUID, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
+) -> Row:
+    """Write a change to an incident the caller holds locked, with its events; the changed row."""
+    update = update_incident(incident_pk, values)
+    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name))
+    return row
 
 
-def _platform_alerts_present(conn: Connection) -> bool:
-    if conn.dialect.name != "postgresql":
-        return False
-    key = str(conn.engine.url)
-    seen = _alerts_table_seen.get(key)
-    if seen is None or time.monotonic() - seen[0] > _ALERTS_TABLE_TTL:
-        found = conn.execute(
-            sa.text(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = 'alerts' AND table_name = 'alerts'"
-            )
-        ).scalars()
-        seen = (time.monotonic(), set(_ALERT_COLUMNS) <= set(found))
-        _alerts_table_seen[key] = seen
-    return seen[1]
-
-
-def linked_alerts(conn: Connection, incident_pks: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
-    """Linked alerts per incident, oldest link first, with the alert's own fields when available."""
-
-    def query(enrich: bool) -> dict[uuid.UUID, list[dict[str, Any]]]:
-        columns, source = _alert_selection(enrich)
-        rows = conn.execute(
-            sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
-            .select_from(source)
-            .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
-            .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-        ).mappings()
-        linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
-        for row in rows:
-            linked[row["linked_incident_id"]].append(_alert_entry(row))
-        return linked
-
-    return _enriched_if_possible(conn, query)
-
-
-def new_links(
-    conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime
-) -> list[dict[str, Any]]:
-    """The links `insert_links` just made, as `linked_alerts` would read them (same time, so by
-    alert id); read back only when the platform's alerts table can add the alerts' own fields."""
-    if _platform_alerts_present(conn):
-        return linked_alerts(conn, [incident_pk])[incident_pk]
-    return [{"alert_id": alert_id, "linked_at": now} for alert_id in sorted(alert_ids)]
-
-
-def find_incident_with_alerts(
-    conn: Connection, incident_id: str, *, for_update: bool = False
-) -> tuple[Row, list[dict[str, Any]]] | None:
-    """An incident and its linked alerts in one statement: the hot read path, one round trip.
-    `for_update` locks the incident's row (PostgreSQL; SQLite's write transaction holds the lock)."""
-
-    def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
-        rows = execute_prepared(conn, _incident_with_alerts(enrich, for_update), {"incident_id": incident_id}).all()
-        if not rows:
-            return None
-        alerts = [_alert_entry(row._mapping) for row in rows if row._mapping["linked_alert_id"] is not None]
-        return rows[0], alerts
-
-    return _enriched_if_possible(conn, query)
+def linked_alerts(
+    conn: Connection, incident_pks: Sequence[uuid.UUID], *, enrich: bool = False
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Linked alerts per incident, oldest link first, with the alert's own fields if `enrich`
+    (platform_alerts: only where that table is)."""
+    columns, source = platform_alerts.alert_selection(enrich)
+    rows = conn.execute(
+        sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
+        .select_from(source)
+        .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
+        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+    ).mappings()
+    linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
+    for row in rows:
+        linked[row["linked_incident_id"]].append(platform_alerts.alert_entry(row))
+    return linked
 
 
 @functools.cache
-def _incident_with_alerts(enrich: bool, for_update: bool) -> sa.Select:
-    # Built once: a statement object reused is compiled and cache-keyed once, not per request.
-    columns, source = _alert_selection(enrich)
+def incident_with_alerts(enrich: bool, for_update: bool) -> sa.Select:
+    """An incident (bound as `incident_id`) and its linked alerts in one statement, one row per
+    alert: the hot read path, one round trip. `for_update` locks the incident's row (PostgreSQL;
+    SQLite's write transaction holds the lock). Built once, so compiled and cache-keyed once."""
+    columns, source = platform_alerts.alert_selection(enrich)
     query = (
         sa.select(*incidents.c, *columns)
         .select_from(incidents.outerjoin(source, incident_alerts.c.incident_id == incidents.c.id))
@@ -392,42 +232,9 @@ def _incident_with_alerts(enrich: bool, for_update: bool) -> sa.Select:
     return query.with_for_update(of=incidents) if for_update else query
 
 
-def _enriched_if_possible(conn: Connection, query: Callable[[bool], T]) -> T:
-    """Run `query` with the platform's alert fields when its table is there, else without."""
-    if _platform_alerts_present(conn):
-        autocommit = autocommitting(conn)
-        try:
-            # In a transaction, a savepoint, so that a failed join leaves it usable.
-            with contextlib.nullcontext() if autocommit else conn.begin_nested():
-                return query(True)
-        except sa.exc.ProgrammingError:
-            # The platform's table went away or changed since it was looked up: links alone will do.
-            forget_platform_alerts_table()
-    return query(False)
-
-
-def _alert_selection(enrich: bool) -> tuple[list[Any], Any]:
-    """The columns of a linked alert (labelled linked_*/alert_*), and the tables they come from."""
-    columns: list[Any] = [
-        incident_alerts.c.alert_id.label("linked_alert_id"),
-        incident_alerts.c.linked_at.label("linked_at"),
-    ]
-    if not enrich:
-        return columns, incident_alerts
-    a = _platform_alerts.c
-    columns += [
-        a.id.is_not(None).label("alert_known"),
-        sa.cast(a.service, sa.Text).label("alert_service"),
-        sa.cast(a.severity, sa.Text).label("alert_severity"),
-        sa.cast(a.message, sa.Text).label("alert_message"),
-        a.timestamp.label("alert_timestamp"),
-    ]
-    return columns, incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
-
-
-def _alert_entry(row: Mapping[str, Any]) -> dict[str, Any]:
-    entry = {"alert_id": row["linked_alert_id"], "linked_at": row["linked_at"]}
-    # An alert the platform's table does not hold gets no made-up nulls, only its link.
-    if row.get("alert_known"):
-        entry.update({name: row[f"alert_{name}"] for name in _ALERT_COLUMNS[1:]})
-    return entry
+def incident_and_alerts(rows: Sequence[Row]) -> tuple[Row, list[dict[str, Any]]] | None:
+    """What `incident_with_alerts` read: the incident and its alerts, or None."""
+    if not rows:
+        return None
+    alerts = [platform_alerts.alert_entry(row._mapping) for row in rows if row._mapping["linked_alert_id"] is not None]
+    return rows[0], alerts

@@ -11,14 +11,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.db import Bound, bind, prefixed
+from incident_app.repository import events
+from incident_app.statements import Bound, bind, prefixed
 from incident_app.tables import notification_outbox
 
 PENDING, SENT, EXPIRED = "pending", "sent", "expired"
 
 
 ENQUEUED = ("id", "incident_id", "payload", "state", "attempts", "created_at", "next_attempt_at")
-# Built once, values bound at execution (db.Bound).
+# Built once, values bound at execution (statements.Bound).
 _ENQUEUE = notification_outbox.insert().values(bind(notification_outbox, ENQUEUED, "notification_"))
 _MARK_SENT = (
     notification_outbox.update()
@@ -78,6 +79,17 @@ def mark_sent(notification_id: uuid.UUID, *, attempts: int, now: datetime, paylo
     no longer pending."""
     values = {"attempts": attempts, "finished_at": now, "payload": dict(payload)}
     return Bound(_MARK_SENT, {"sent_id": notification_id, **prefixed(values, "sent_")})
+
+
+def delivered(
+    *, notification_id: uuid.UUID, incident_pk: uuid.UUID, attempts: int, payload: Mapping[str, Any],
+    details: Mapping[str, Any], now: datetime, dialect: str,
+) -> tuple[Bound, Bound | None]:
+    """What records a delivered attempt: the row marked sent and its `notified` event (`details`),
+    independent writes for one statement (statements.execute_together)."""
+    notified = events.event(incident_pk, "notified", at=now, details=details)
+    return (mark_sent(notification_id, attempts=attempts, now=now, payload=payload),
+            events.insert_events(notified, dialect=dialect, prefix="notified"))
 
 
 def finish(conn: Connection, notification_id: uuid.UUID, *, state: str, attempts: int, now: datetime) -> bool:

@@ -1,0 +1,151 @@
+"""The create as a flow: what opening an incident does around its first commit, apart from the use
+case that calls it (service.py), the way Netflix Dispatch keeps `flows` apart from `service`.
+
+`store_new` is the first commit: the incident with its links, timeline and notification, addressed
+to the service and held for the length of the on-call lookup, so a crash at any later point loses
+neither the incident nor the page. `assign_and_notify` is everything after it, in the contract's
+order: ask On-Call, notify, record the assignment and the delivery, count both.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from incident_app import lifecycle
+from incident_app.metrics import IncidentMetrics
+from incident_app.outbox import NotificationOutbox, Pending
+from incident_app.peers.oncall import OnCallClient
+from incident_app.repository import events
+from incident_app.repository import incidents as repo
+from incident_app.store import FirstContact, Store
+
+log = logging.getLogger(__name__)
+
+_ID_ATTEMPTS = 5
+
+
+def new_incident_id() -> str:
+    return f"inc-{secrets.token_hex(8)}"
+
+
+def notification_message(*, severity: str, title: str, service: str, incident_id: str, **_: Any) -> str:
+    return f"[{severity.upper()}] {title} ({service}) — {incident_id}"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A new incident after its first commit: its row, its notification (not yet tried), its alerts."""
+
+    row: Row
+    pending: Pending
+    alerts: list[dict[str, Any]]
+
+
+class IncidentOpening:
+    def __init__(
+        self, *, store: Store, oncall: OnCallClient, outbox: NotificationOutbox, metrics: IncidentMetrics,
+        clock: Callable[[], datetime], oncall_lookup_bound: timedelta,
+    ) -> None:
+        self.store = store
+        self.oncall = oncall
+        self.outbox = outbox
+        self.metrics = metrics
+        self.clock = clock
+        # How long a new incident's notification waits for the on-call lookup before the
+        # background may send it unassigned (only if this process died in between).
+        self.oncall_lookup_bound = oncall_lookup_bound
+
+    def store_new(
+        self, *, alert_ids: Sequence[uuid.UUID] = (), attach: Callable[[Connection, uuid.UUID], None] | None = None,
+        **fields: Any,
+    ) -> Stored:
+        """The first commit, with `attach` (an Idempotency-Key) in its transaction when given."""
+        now = self.clock()
+        for attempt in range(1, _ID_ATTEMPTS + 1):
+            new, pending = self._new_incident(fields, alert_ids, now)
+            try:
+                if attach is None:
+                    row = self.store.insert_new(new)
+                else:
+                    row = self.store.insert_new_reserved(new, attach=attach)
+            except sa.exc.IntegrityError:
+                # 64 random bits: a collision is rare, and is met with a new id, never a 500. (In a
+                # group commit, every create of the statement tries again, each with a new id.)
+                if attempt == _ID_ATTEMPTS:
+                    raise
+                log.warning("incident id collision, retrying", extra={"attempt": attempt})
+                continue
+            alerts = self.store.new_links(row.id, alert_ids, now) if alert_ids else []
+            return Stored(row, pending, alerts)
+        raise AssertionError("unreachable")
+
+    def _new_incident(
+        self, fields: dict[str, Any], alert_ids: Sequence[uuid.UUID], now: datetime
+    ) -> tuple[repo.NewIncident, Pending]:
+        values = {**fields, "id": uuid.uuid4(), "incident_id": new_incident_id(), "status": lifecycle.Status.OPEN.value,
+                  "notes": [], "created_at": now, "updated_at": now}
+        timeline = [events.event(values["id"], "created", at=now, details={
+            "title": values["title"], "service": values["service"], "severity": values["severity"],
+        })]
+        if alert_ids:
+            timeline.append(events.event(values["id"], "alerts_linked", at=now,
+                                         details={"alert_ids": [str(a) for a in alert_ids]}))
+        pending, notification = self.outbox.prepare(
+            incident_pk=values["id"], incident_id=values["incident_id"], severity=values["severity"],
+            engineer=values["service"], message=notification_message(**values), now=now,
+            hold=self.oncall_lookup_bound,
+        )
+        return repo.NewIncident(values, repo.links(values["id"], alert_ids, now), timeline, notification), pending
+
+    def assign_and_notify(self, stored: Stored) -> Row:
+        """After the first commit: ask who is on call, send the notification to them (to the service
+        when nobody is), record the assignment and the delivery in one more statement; the incident
+        as it then stands. A peer that is down or slow never fails the creation."""
+        row = stored.row
+        self.metrics.incident_opened(row.severity)
+        assignee = self.oncall.current(row.service).primary
+        assigned_at = self.clock()
+        pending = stored.pending.to(assignee) if assignee is not None else stored.pending
+        delivered = self.outbox.send(pending)
+        row = self._record_assignment_and_delivery(
+            row=row, pending=pending, assignee=assignee, assigned_at=assigned_at, delivered=delivered,
+        )
+        self.outbox.count(delivered)
+        return row
+
+    def _record_assignment_and_delivery(
+        self, *, row: Row, pending: Pending, assignee: str | None, assigned_at: datetime, delivered: bool
+    ) -> Row:
+        """The on-call assignee as of the lookup (unless someone assigned the incident by hand
+        meanwhile: theirs stands) and the first delivery attempt as of its reply, in one transaction."""
+        try:
+            now = self.clock()
+            if delivered:
+                assigned = self.store.record_first_contact(FirstContact(
+                    incident_pk=row.id, assignee=assignee, assigned_at=assigned_at, notification_id=pending.id,
+                    attempts=pending.attempts + 1, payload=pending.payload,
+                    notified=self.outbox.notified_details(pending), sent_at=now,
+                ))
+            else:
+                assigned = self.store.record_first_contact_failed(
+                    incident_pk=row.id, assignee=assignee, assigned_at=assigned_at, notification_id=pending.id,
+                    payload=pending.payload,
+                    record_failure=lambda conn: self.outbox.record_failure(conn, pending, now=now),
+                )
+            if assignee is None:
+                return row
+            return assigned if assigned is not None else self.store.find(row.incident_id)
+        except sa.exc.SQLAlchemyError:
+            # The incident and its page are committed; the background retries the page as it stands.
+            log.warning("could not record the on-call assignee or the delivery", exc_info=True,
+                        extra={"assignee": assignee})
+            return row

@@ -1,0 +1,100 @@
+"""Pages of incidents, newest first, with the number matching the filters: as rows (SqliteStore), or
+as the API's JSON written by PostgreSQL (PostgresStore), both from documents.FIELDS."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Row
+
+from incident_app import documents
+from incident_app.tables import incident_counts, incidents
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: str | None = None
+    severity: str | None = None
+    service: str | None = None
+
+    def clauses(self, table: sa.Table = incidents) -> list[sa.ColumnElement[bool]]:
+        """Equality on each given field, on `incidents` or on a table with the same columns (incident_counts)."""
+        return [table.c[name] == value for name, value in vars(self).items() if value is not None]
+
+    def given(self) -> dict[str, str]:
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
+    """A page, newest first, and the number of incidents matching the filters, in one statement (one
+    snapshot). The total is the triggers' counts, not a count(*): a few rows to sum instead of up to
+    every matching incident."""
+    counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(
+        *filters.clauses(incident_counts)
+    )
+    page = conn.execute(
+        sa.select(*incidents.c, counted.scalar_subquery().label("total"))
+        .where(*filters.clauses())
+        .order_by(incidents.c.created_at.desc(), incidents.c.incident_id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    total = page[0].total if page else 0
+    if not page and offset:  # a page past the end carries no total: ask for it alone
+        total = conn.execute(counted).scalar_one()
+    # int(): PostgreSQL's sum of a bigint is a numeric, which psycopg2 returns as a Decimal.
+    return page, int(total)
+
+
+_RFC3339_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'  # documents.rfc3339: UTC, always microseconds
+
+
+@functools.cache
+def page_json(filtered_on: tuple[str, ...]) -> sa.Select:
+    """PostgreSQL: what `list_incidents` reads, as the API's JSON text, built by the database, for the
+    filters named (their values, `limit` and `offset` bound at execution).
+
+    Turning 50 rows into Python values and then into JSON was a third of a list request's time in
+    the worker; PostgreSQL builds the same document in C. tests/test_documents.py holds it equal to
+    the page SqliteStore builds from `list_incidents`.
+    """
+    # Built once per combination of filters: compiled and cache-keyed once.
+    def equal(table: sa.Table) -> list[sa.ColumnElement[bool]]:
+        return [table.c[name] == sa.bindparam(name) for name in filtered_on]
+
+    newest_first = (incidents.c.created_at.desc(), incidents.c.incident_id.desc())
+    page = (
+        sa.select(incidents).where(*equal(incidents)).order_by(*newest_first)
+        .limit(sa.bindparam("limit")).offset(sa.bindparam("offset"))
+        .subquery("page")
+    )
+
+    def value(field: documents.Field) -> sa.ColumnElement[Any]:
+        if field.kind == documents.SECONDS:
+            later = page.c[field.since]
+            return sa.cast(sa.extract("epoch", later - page.c.created_at), postgresql.DOUBLE_PRECISION)
+        column = page.c[field.name]
+        if field.kind == documents.TIMESTAMP:
+            return sa.func.to_char(sa.func.timezone("UTC", column), _RFC3339_UTC)
+        return column
+
+    # Each item is a row of the API's fields, turned into a JSON object as a whole (json_agg of the
+    # row): 0.09 ms less per page than naming every field in a json_build_object.
+    item = sa.select(*(value(field).label(field.name) for field in documents.FIELDS)).subquery("item")
+    # The RFC 3339 text of a time in UTC sorts as the time does, byte by byte.
+    newest_item_first = (item.c.created_at.collate("C").desc(), item.c.incident_id.desc())
+    items = sa.func.json_agg(postgresql.aggregate_order_by(item.table_valued(), *newest_item_first))
+    total = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
+    pairs = {
+        "incidents": sa.func.coalesce(items, sa.literal_column("'[]'::json")),
+        "total": total.scalar_subquery(),
+        "limit": sa.bindparam("limit"),
+        "offset": sa.bindparam("offset"),
+    }
+    document = sa.func.json_build_object(*(x for key, v in pairs.items() for x in (sa.literal_column(f"'{key}'"), v)))
+    # As text: psycopg2 would otherwise decode the json into Python objects.
+    return sa.select(sa.cast(document, sa.Text).label("page")).select_from(item)

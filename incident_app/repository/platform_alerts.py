@@ -1,0 +1,94 @@
+"""The platform's Alert Ingestion Service may keep its alerts in the same PostgreSQL database. It is
+optional: its presence is looked up, cached for a minute per database, and linked alerts are enriched
+with the alert's own fields only when it is there (PostgresStore; SQLite never has it)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from incident_app.tables import UTCDateTime, incident_alerts
+from incident_app.transactions import autocommitting
+
+T = TypeVar("T")
+
+ALERT_COLUMNS = ("id", "service", "severity", "message", "timestamp")
+_platform_alerts = sa.Table(
+    "alerts",
+    sa.MetaData(),
+    sa.Column("id", sa.Uuid()),
+    sa.Column("service", sa.Text()),
+    sa.Column("severity", sa.Text()),
+    sa.Column("message", sa.Text()),
+    sa.Column("timestamp", UTCDateTime()),
+    schema="alerts",
+)
+TABLE_TTL = 60.0
+_table_seen: dict[str, tuple[float, bool]] = {}
+
+
+def forget_table() -> None:
+    """Look the platform's alerts table up again on next use, e.g. after it was created or dropped."""
+    _table_seen.clear()
+
+
+def present(conn: Connection) -> bool:
+    """Whether the platform's alerts table is there with the columns read from it (PostgreSQL)."""
+    key = str(conn.engine.url)
+    seen = _table_seen.get(key)
+    if seen is None or time.monotonic() - seen[0] > TABLE_TTL:
+        found = conn.execute(
+            sa.text(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'alerts' AND table_name = 'alerts'"
+            )
+        ).scalars()
+        seen = (time.monotonic(), set(ALERT_COLUMNS) <= set(found))
+        _table_seen[key] = seen
+    return seen[1]
+
+
+def enriched_if_possible(conn: Connection, query: Callable[[bool], T]) -> T:
+    """Run `query` with the platform's alert fields when its table is there, else without."""
+    if present(conn):
+        autocommit = autocommitting(conn)
+        try:
+            # In a transaction, a savepoint, so that a failed join leaves it usable.
+            with contextlib.nullcontext() if autocommit else conn.begin_nested():
+                return query(True)
+        except sa.exc.ProgrammingError:
+            # The platform's table went away or changed since it was looked up: links alone will do.
+            forget_table()
+    return query(False)
+
+
+def alert_selection(enrich: bool) -> tuple[list[Any], Any]:
+    """The columns of a linked alert (labelled linked_*/alert_*), and the tables they come from."""
+    columns: list[Any] = [
+        incident_alerts.c.alert_id.label("linked_alert_id"),
+        incident_alerts.c.linked_at.label("linked_at"),
+    ]
+    if not enrich:
+        return columns, incident_alerts
+    a = _platform_alerts.c
+    columns += [
+        a.id.is_not(None).label("alert_known"),
+        sa.cast(a.service, sa.Text).label("alert_service"),
+        sa.cast(a.severity, sa.Text).label("alert_severity"),
+        sa.cast(a.message, sa.Text).label("alert_message"),
+        a.timestamp.label("alert_timestamp"),
+    ]
+    return columns, incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
+
+
+def alert_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    entry = {"alert_id": row["linked_alert_id"], "linked_at": row["linked_at"]}
+    # An alert the platform's table does not hold gets no made-up nulls, only its link.
+    if row.get("alert_known"):
+        entry.update({name: row[f"alert_{name}"] for name in ALERT_COLUMNS[1:]})
+    return entry

@@ -1,0 +1,120 @@
+"""The seam between the use cases and their database: one store per database, chosen once in
+create_app (`open_store`). The use cases call the same operations whichever store runs them;
+PostgresStore keeps PostgreSQL's performance devices (group commit, prepared statements, pages
+written as JSON by the database, the platform's alert fields), SqliteStore does the same plainly."""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine, Row
+
+from incident_app.documents import Page
+from incident_app.repository import first_contacts
+from incident_app.repository import incidents as repo
+from incident_app.repository import outbox as outbox_queue
+from incident_app.repository.first_contacts import FirstContact
+from incident_app.repository.pages import ListFilters
+from incident_app.transactions import reading, single_statement, transaction
+
+__all__ = ["FirstContact", "Store", "open_store"]
+
+
+class Store(abc.ABC):
+    """What the two stores share; each overrides what its database does its own way."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ connections
+
+    def reading(self) -> AbstractContextManager[Connection]:
+        """For reads: each statement sees the latest commit (transactions.reading)."""
+        return reading(self.engine)
+
+    def writing(self) -> AbstractContextManager[Connection]:
+        """A write transaction, committed when the block ends (transactions.transaction)."""
+        return transaction(self.engine, write=True)
+
+    def single_statement(self) -> AbstractContextManager[Connection]:
+        """For a block that writes with one statement (transactions.single_statement)."""
+        return single_statement(self.engine)
+
+    # ------------------------------------------------------------------ creates
+
+    def insert_new(self, new: repo.NewIncident) -> Row:
+        """Store a new incident with its links, timeline and notification: its first commit."""
+        with self.single_statement() as conn:
+            return self._insert(conn, new)
+
+    def insert_new_reserved(self, new: repo.NewIncident, *, attach: Callable[[Connection, uuid.UUID], None]) -> Row:
+        """As `insert_new`, with `attach` (an Idempotency-Key naming it) in the same transaction."""
+        with self.writing() as conn:
+            row = self._insert(conn, new)
+            attach(conn, row.id)
+            return row
+
+    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row:
+        return repo.insert_one(conn, new)
+
+    def new_links(self, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
+        """The links a create just made, as `linked_alerts` would read them (same time, so by alert id)."""
+        return [{"alert_id": alert_id, "linked_at": now} for alert_id in sorted(alert_ids)]
+
+    def record_first_contact(self, contact: FirstContact) -> Row | None:
+        """A new incident's assignee (unless someone assigned it meanwhile) and its delivered
+        notification, in one transaction: the incident if this assigned it, else None."""
+        with self.single_statement() as conn:
+            return first_contacts.record_one(conn, contact)
+
+    def record_first_contact_failed(
+        self, *, incident_pk: uuid.UUID, assignee: str | None, assigned_at: datetime, notification_id: uuid.UUID,
+        payload: dict[str, Any], record_failure: Callable[[Connection], None],
+    ) -> Row | None:
+        """As `record_first_contact` when the notification was not delivered: the notification is
+        readdressed to the assignee and `record_failure` reschedules it, in the same transaction."""
+        with self.writing() as conn:
+            assigned = None
+            if assignee is not None:
+                assigned = repo.assign_if_unassigned(conn, incident_pk, assignee, assigned_at)
+                outbox_queue.replace_payload(conn, notification_id, payload)
+            record_failure(conn)
+            return assigned
+
+    # ------------------------------------------------------------------ reads
+
+    def find(self, incident_id: str) -> Row | None:
+        with self.reading() as conn:
+            return repo.find_incident(conn, incident_id)
+
+    def find_with_alerts(
+        self, conn: Connection, incident_id: str, *, for_update: bool = False
+    ) -> tuple[Row, list[dict[str, Any]]] | None:
+        """An incident and its linked alerts in one statement, or None."""
+        statement = repo.incident_with_alerts(False, for_update)
+        return repo.incident_and_alerts(conn.execute(statement, {"incident_id": incident_id}).all())
+
+    def linked_alerts(self, conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:
+        return repo.linked_alerts(conn, [incident_pk])[incident_pk]
+
+    @abc.abstractmethod
+    def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:
+        """A page of incidents, newest first, with the number matching the filters: one kind of
+        value whichever store writes it."""
+
+
+def open_store(engine: Engine) -> Store:
+    """The store of the engine's database."""
+    if engine.dialect.name == "postgresql":
+        from incident_app.store.postgres import PostgresStore
+
+        return PostgresStore(engine)
+    from incident_app.store.sqlite import SqliteStore
+
+    return SqliteStore(engine)
+

@@ -1,0 +1,111 @@
+"""One definition of each document: the incident's fields are the columns of `incidents` (documents.py),
+and the marshmallow schemas, the fast formatter and the SQL that writes a page are all made from it.
+These tests fail when a field is added in one place only, or when two formatters disagree on a value."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import pytest
+import sqlalchemy as sa
+
+from incident_app import documents, schemas
+from incident_app.repository.pages import ListFilters, list_incidents
+from incident_app.store.sqlite import SqliteStore
+from incident_app.tables import incidents
+
+URL = "/api/v1/incidents"
+T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+QUERIES = [
+    {}, {"status": "open"}, {"severity": "low"}, {"service": "search"},
+    {"status": "resolved", "service": "payment-api"}, {"service": "nobody"},
+    {"offset": 2}, {"offset": 50}, {"limit": 1, "offset": 1},
+]
+
+
+@pytest.fixture
+def varied(client, app, create_incident, clock) -> None:
+    """Incidents with every kind of value a field can hold: nulls, escapes, notes, durations, ties."""
+    clock.set(T0)
+    create_incident(title='Quotes " and \\ backslash\nnew line \x01 ünïcode ✓', service="payment-api", description=None)
+    clock.set(T0 + timedelta(seconds=1))
+    noted = create_incident(service="search", severity="low", description="d", status="acknowledged")
+    for note in ("rolled back\t\"the\" deploy", "ünïcode ✓"):
+        response = client.patch(f"{URL}/{noted['incident_id']}", json={"note": note, "author": None})
+        assert response.status_code == 200
+    clock.set(T0 + timedelta(seconds=2, microseconds=1))
+    create_incident(service="payment-api", status="resolved")
+    clock.set(T0 + timedelta(hours=1))
+    escalated = create_incident()
+    clock.set(T0 + timedelta(hours=2))
+    for _ in range(3):  # created together: newest first, then by incident_id
+        create_incident()
+    with app.extensions["engine"].begin() as conn:
+        conn.execute(sa.update(incidents).where(incidents.c.incident_id == escalated["incident_id"])
+                     .values(escalation_level=2, escalated_at=T0 + timedelta(hours=1, minutes=5)))
+
+
+def declared_dump(app, filters: ListFilters, *, limit: int, offset: int) -> dict:
+    """The page as marshmallow dumps it through the declared response schema: the reference."""
+    with app.extensions["engine"].connect() as conn:
+        rows, total = list_incidents(conn, filters, limit=limit, offset=offset)
+    page = {"incidents": [documents.incident_document(row) for row in rows], "total": total,
+            "limit": limit, "offset": offset}
+    return schemas.IncidentPageSchema().dump(page)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_page_the_store_writes_is_the_declared_schemas_dump(client, app, varied, query):
+    """Whichever store runs (PostgreSQL writes the JSON itself; SQLite formats rows directly), the
+    body sent is what IncidentPageSchema would dump, field for field, value for value."""
+    filters = ListFilters(**{k: v for k, v in query.items() if k in ("status", "severity", "service")})
+    paging = {"limit": query.get("limit", 50), "offset": query.get("offset", 0)}
+    expected = declared_dump(app, filters, **paging)
+    written = app.extensions["store"].page(filters, **paging)
+    assert json.loads(written.body) == expected
+    response = client.get(f"{URL}?{urlencode(query)}")
+    assert response.status_code == 200 and response.get_json() == expected
+
+
+def test_direct_formatter_matches_the_schema_on_postgresql_rows_too(app, varied):
+    """SqliteStore's formatting of rows read from PostgreSQL (its own types) gives the same page."""
+    page = SqliteStore(app.extensions["engine"]).page(ListFilters(), limit=50, offset=0)
+    assert json.loads(page.body) == declared_dump(app, ListFilters(), limit=50, offset=0)
+    assert len(json.loads(page.body)["incidents"]) == 7
+
+
+def test_document_fields_are_the_incident_columns_with_the_two_durations():
+    names = [field.name for field in documents.FIELDS]
+    columns = list(incidents.c.keys())
+    assert [name for name in names if name not in documents.DERIVED_SECONDS] == columns
+    assert set(names) - set(columns) == {"mtta_seconds", "mttr_seconds"}
+
+
+def test_schemas_declare_exactly_the_document_fields():
+    names = [field.name for field in documents.FIELDS]
+    assert list(schemas.IncidentSummarySchema().fields) == names
+    assert list(schemas.IncidentSchema().fields) == [*names, "alerts", "alert_ids"]
+    item = schemas.IncidentPageSchema().fields["incidents"].inner.nested
+    assert item is schemas.IncidentSummarySchema
+
+
+def test_full_document_has_exactly_the_fields_of_incident_schema(app, client, create_incident):
+    created = create_incident(alert_ids=["3fa85f64-5717-4562-b3fc-2c963f66afa6"])
+    assert list(created) == list(schemas.IncidentSchema().fields)
+    with app.extensions["engine"].connect() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.incident_id == created["incident_id"])).one()
+    assert list(documents.incident_document(row, [])) == list(schemas.IncidentSchema().fields)
+
+
+def test_nullable_columns_are_nullable_fields_and_the_others_required():
+    fields = schemas.IncidentSummarySchema().fields
+    for column in incidents.columns:
+        assert fields[column.name].allow_none is bool(column.nullable), column.name
+        assert fields[column.name].required is not column.nullable, column.name
+
+
+def test_a_column_with_no_document_form_is_refused_at_import():
+    with pytest.raises(TypeError, match="no document form"):
+        documents._kind(sa.Column("extra", sa.JSON()))
