@@ -1,7 +1,10 @@
 """Analytics answers shared per process: one computation per filter set at a time, a slow answer
 fresh until it is ANALYTICS_CACHE_SECONDS old and then served while one background refresh makes its
 successor, a cheap one never reused, at most 64 filter sets kept, and at most a quarter of the pool
-computing at once."""
+computing at once.
+
+One file past 300 lines: the reuse rules, their concurrency and the bound on computations are one
+cache's behaviour, and the cases share its clock and computation doubles."""
 
 from __future__ import annotations
 

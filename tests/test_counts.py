@@ -1,5 +1,7 @@
 """Exact totals from incident_counts: whoever writes to incidents (the API, bulk SQL, concurrent
-transactions, a migration's backfill), the counts the database's triggers keep equal count(*)."""
+transactions, a migration's backfill), the counts the database's triggers keep equal count(*).
+
+One file past 300 lines: each writer is a case of one invariant, checked by `assert_counts_exact`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The live feed under real gunicorn: two replicas of 2 gevent workers on one PostgreSQL. Every
 follower of every replica gets every event once, in an exact order, whatever the order in which
-transactions commit, across disconnects and a lost database connection."""
+transactions commit, across disconnects and a lost database connection.
+
+One file past 300 lines: its cases share two running replicas and the followers that read them."""
 
 from __future__ import annotations
 
