@@ -4,9 +4,12 @@
     python bench/stream.py --followers 200 --duration 5     # a quick iteration
 
 Reports create throughput without and with the followers, the delay from each `created` event's
-commit to its receipt by the followers (p50, p99), and worker memory per follower (RSS of both
-workers with the followers connected and idle, minus before, divided by their number). Targets:
-p99 under 1 s; creates with followers at least 90% of without; under 100 KiB per follower.
+commit to its receipt by the followers (p50, p99), worker memory per follower (RSS of both
+workers with the followers connected and idle, minus before, divided by their number), and the
+CPU each create cost the workers, PostgreSQL and the followers' client (all on this machine).
+Twice: creates at full speed, then paced to about --rate a second (the contract's 200 for its
+delivery promise). Targets: p99 under 1 s; creates with followers at least 90% of without; under
+100 KiB per follower.
 Results go to bench/results/stream-<followers>.json; the database is dropped at the end.
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from bench import seed  # noqa: E402
@@ -43,12 +47,33 @@ def rss_kib(service: Process) -> int:
     return sum(worker.memory_info().rss for worker in service.workers()) // 1024
 
 
+def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group of processes."""
+    totals = {}
+    for name, processes in groups.items():
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        totals[name] = total
+    return totals
+
+
+def postgres_backends() -> list[psutil.Process]:
+    return [process for process in psutil.process_iter(["name"]) if process.info["name"] == "postgres"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=200.0,
+                        help="a second comparison with creates paced to about this many a second (0: none)")
     parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args(argv)
 
@@ -71,36 +96,61 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(service)
         peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
         service.wait_until_answers(f"http://127.0.0.1:{port}/health/ready")
-        script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
         target = f"http://127.0.0.1:{port}"
+        followers_process: list[psutil.Process] = []
 
-        def creates(duration: float) -> dict:
-            return run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
+        def creates(script: Path, duration: float) -> dict:
+            """wrk's figures, and the CPU seconds per create of each process group meanwhile (where
+            the machine's two cores went: the service's workers, PostgreSQL, the followers' client)."""
+            groups = {"workers": service.workers(), "postgres": postgres_backends(), "followers": followers_process}
+            before = cpu_seconds(groups)
+            result = run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
+            used = cpu_seconds(groups)
+            done = max(result["rps"] * duration, 1)
+            result["cpu_ms_per_create"] = {name: round((used[name] - before[name]) * 1000 / done, 2) for name in used}
+            return result
 
-        creates(3)  # warm-up
-        without = creates(args.duration)
-        before = rss_kib(service)
-        follower_seconds = 60 + 2 * args.duration
-        followers = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "followers.py"), "--url", target, "--count", str(args.followers),
-             "--seconds", str(follower_seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while followers_now(port) < args.followers and time.monotonic() < deadline:
-            time.sleep(0.5)
-        connected = followers_now(port)
-        time.sleep(2)
-        per_follower_kib = (rss_kib(service) - before) / max(connected, 1)
-        with_followers = creates(args.duration)
-        followers.terminate()  # the followers print what they measured
-        delivered = json.loads(followers.communicate(timeout=follower_seconds + 30)[0].strip().splitlines()[-1])
-        result = {
-            "followers": args.followers, "connected": connected, "duration_s": args.duration,
-            "connections": args.connections,
-            "create_rps_without": without["rps"], "create_rps_with": with_followers["rps"],
-            "create_ratio": round(with_followers["rps"] / without["rps"], 3) if without["rps"] else None,
-            "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_followers["p99_ms"],
-            "delivery": delivered, "kib_per_follower": round(per_follower_kib, 1),
-        }
+        def compare(name: str, settings: dict) -> dict:
+            """Creates without followers, then with them connected (their own delivery figures)."""
+            script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path, **settings})
+            creates(script, 3)  # warm-up
+            without = creates(script, args.duration)
+            before = rss_kib(service)
+            follower_seconds = 60 + args.duration
+            followers = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "followers.py"), "--url", target, "--count",
+                 str(args.followers), "--seconds", str(follower_seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            followers_process[:] = [psutil.Process(followers.pid)]
+            deadline = time.monotonic() + 60
+            while followers_now(port) < args.followers and time.monotonic() < deadline:
+                time.sleep(0.5)
+            connected = followers_now(port)
+            time.sleep(2)
+            per_follower_kib = (rss_kib(service) - before) / max(connected, 1)
+            with_followers = creates(script, args.duration)
+            followers.terminate()  # the followers print what they measured
+            delivered = json.loads(followers.communicate(timeout=follower_seconds + 30)[0].strip().splitlines()[-1])
+            followers_process.clear()
+            deadline = time.monotonic() + 30
+            while followers_now(port) > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return {
+                "mode": name, "connected": connected,
+                "create_rps_without": without["rps"], "create_rps_with": with_followers["rps"],
+                "create_ratio": round(with_followers["rps"] / without["rps"], 3) if without["rps"] else None,
+                "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_followers["p99_ms"],
+                "errors": without["errors"] + with_followers["errors"],
+                "cpu_ms_per_create_without": without["cpu_ms_per_create"],
+                "cpu_ms_per_create_with": with_followers["cpu_ms_per_create"],
+                "delivery": delivered, "kib_per_follower": round(per_follower_kib, 1),
+            }
+
+        runs = [compare("full speed", {})]
+        if args.rate:
+            # The contract's load for the delivery promise: about `rate` creates a second.
+            runs.append(compare(f"about {args.rate:g}/s", {"delay_ms": round(args.connections * 1000 / args.rate)}))
+        result = {"followers": args.followers, "duration_s": args.duration, "connections": args.connections,
+                  "runs": runs}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"stream-{args.followers}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))

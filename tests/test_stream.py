@@ -216,3 +216,38 @@ def test_stop_ends_every_stream(app, client):
     threading.Timer(0.3, app.extensions["feed"].stop).start()
     assert b"".join(frames.chunks) == b""  # ends, with nothing more
     assert_json_error(client.get("/api/v1/stream"), 503)
+
+
+def test_the_events_of_a_busy_moment_leave_in_one_write(app, client):
+    """A follower writes at most once per send interval: the first event after a quiet spell at
+    once, what arrives within the interval after it in the next write, together."""
+    hub = app.extensions["feed"]
+    hub.send_interval = 5.0  # 0.2 s in service; here long enough for a spaced burst on a busy machine
+    frames = follow(client, "?types=created")
+    follower = next(iter(hub._followers))
+    writes: list[bytes] = []
+    reader = threading.Thread(target=lambda: writes.extend(frames.chunks), daemon=True)  # as a socket would
+    reader.start()
+
+    def written(count: int) -> list[list[str]]:
+        deadline = time.monotonic() + 20
+        while len(writes) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        by_write = []
+        for write in writes:
+            frames.text = write.decode()
+            by_write.append([e["data"]["incident_id"] for e in frames.events()])
+        return by_write
+
+    try:
+        first = new_incident(client, title="first")
+        assert written(1) == [[first]]  # at once
+        burst = []
+        for index in range(3):  # spaced wider than the relay's reads (20 ms; SQLite's every 200 ms)
+            time.sleep(0.3)
+            burst.append(new_incident(client, title=f"burst {index}"))
+        assert written(2) == [[first], burst]
+    finally:
+        follower.end("stopping")  # its stream ends; the reader with it
+        reader.join(5)
+        frames.close()

@@ -32,3 +32,9 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, e.connect, e.read, e.write, e.status, e.timeout))
 end
+
+-- A paced run (BENCH.delay_ms set): each connection waits that long after each answer, so that
+-- connections × 1000 / delay_ms bounds the rate (the latency of each answer keeps it a little under).
+if BENCH.delay_ms then
+  function delay() return BENCH.delay_ms end
+end
