@@ -18,11 +18,13 @@ from sqlalchemy.engine import Connection, Engine, Row
 from incident_app.batching import GroupCommit
 from incident_app.documents import Page
 from incident_app.prepared import execute_prepared
+from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts, pages, platform_alerts
 from incident_app.repository import incidents as repo
 from incident_app.repository.first_contacts import FirstContact
 from incident_app.repository.pages import ListFilters
 from incident_app.store import Store
+from incident_app.transactions import transaction
 
 
 class PostgresStore(Store):
@@ -79,6 +81,14 @@ class PostgresStore(Store):
             return repo.linked_alerts(conn, [incident_pk], enrich=enrich)[incident_pk]
 
         return platform_alerts.enriched_if_possible(conn, query)
+
+    def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
+        # The window index holds every column the analytics read, at a third of the table's size,
+        # but PostgreSQL's default costs prefer reading the whole table when nothing narrows it:
+        # 230 ms instead of 110 ms at a million rows. Index paths only, for this transaction.
+        with transaction(self.engine) as conn:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            return analytics_queries.incident_analytics(conn, filters)
 
     def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:
         with self.reading() as conn:
