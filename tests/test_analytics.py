@@ -253,7 +253,10 @@ def test_percentiles_are_exact_at_every_rank_with_and_without_filters(client, ap
         ({}, lambda s: True),
         ({"service": "api"}, lambda s: s.service == "api"),
         ({"since": later.isoformat()}, lambda s: s.created_at >= later),
-        ({"until": later.isoformat(), "severity": "critical"}, lambda s: s.created_at < later and s.severity == "critical"),
+        (
+            {"until": later.isoformat(), "severity": "critical"},
+            lambda s: s.created_at < later and s.severity == "critical",
+        ),
     ):
         assert_matches(analytics(client, **query), expected_analytics(s for s in seeds if keep(s)))
 

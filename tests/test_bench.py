@@ -159,7 +159,8 @@ def test_targets_are_judged_against_the_ceiling():
 def test_a_tiny_run_writes_results_with_no_errors(postgres_available, tmp_path):
     pytest.importorskip("matplotlib", reason="pip install -r bench/requirements.txt for the benchmark's tools")
     code = run.main(["--rows", "2000", "--duration", "1", "--runs", "1", "--warmup", "1",
-                     "--scenarios", "get_one,list_status,metrics,analytics_cold_since", "--name", "tiny", "--out", str(tmp_path),
+                     "--scenarios", "get_one,list_status,metrics,analytics_cold_since", "--name", "tiny",
+                     "--out", str(tmp_path),
                      "--admin-url", PG_ADMIN_URL])
     assert code == 0
     document = json.loads((tmp_path / "tiny.json").read_text())
