@@ -269,6 +269,29 @@ def test_percentiles_of_equal_values_are_that_value(client, app):
         assert body["mttr_percentiles"] == dict.fromkeys(("p50", "p90", "p95", "p99"), 7.0)
 
 
+def test_an_acknowledge_between_the_two_queries_does_not_shift_the_ranks(client, app):
+    """The percentiles are read at ranks the grouped pass counted: both must see one snapshot."""
+    engine: sa.Engine = app.extensions["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's reads are one transaction, and a writer would wait for this one")
+    before = [Seed("api", "high", hours(i), mtta=10.0 * (i + 1), mttr=100.0 * (i + 1)) for i in range(10)]
+    insert(app, before)
+    written = []
+
+    def write_between(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "GROUP BY" in statement and not written:
+            written.append(True)  # committed by another connection after the counts, before the ranks
+            insert(app, [Seed("api", "low", hours(20), mtta=10**6, mttr=10**7), Seed("api", "low", hours(21), mtta=1)])
+
+    sa.event.listen(engine, "after_cursor_execute", write_between)
+    try:
+        body = analytics(client)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", write_between)
+    assert written
+    assert_matches(body, expected_analytics(before))
+
+
 # --------------------------------------------------------------------------- filters
 
 
