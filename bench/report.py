@@ -15,7 +15,7 @@ def _met(value: bool | None) -> str:
 
 def console_line(scenario: Any, result: dict[str, Any]) -> str:
     ratio = f"{result['ratio']:6.1%} of {scenario.ceiling}" if "ratio" in result else ""
-    verdict = f"  [{_met(result.get('met'))}: {result['target']}]" if scenario.min_ratio or scenario.max_p50_ms else ""
+    verdict = f"  [{_met(result.get('met'))}: {result['target']}]" if scenario.has_target else ""
     return (f"{scenario.name:20s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
             f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}")
 
@@ -42,7 +42,8 @@ def markdown(document: dict[str, Any]) -> str:
             continue
         ratio = f"{row['ratio']:.0%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
         its_ceiling = f"{row['ceiling_rps']:,.0f}" if row.get("ceiling_rps") else ""
-        target = row.get("target", "") if (row["min_ratio"] or row["max_p50_ms"] or row["max_p99_ms"]) else ""
+        targets = ("min_ratio", "max_p50_ms", "max_p99_ms", "min_rps")
+        target = row.get("target", "") if any(row.get(t) is not None for t in targets) else ""
         met = _met(row.get("met")) if target else ("**errors**" if row["errors"] else "")
         rss = f"{row['rss_mib_before']} → {row['rss_mib_after']}"
         note = f" ({row['note']})" if row.get("note") else ""

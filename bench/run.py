@@ -52,14 +52,21 @@ class Scenario:
     description: str
     path: str  # the URL path (with query), or the prefix an id is appended to
     script: str = "static.lua"
-    app: str = "service"  # or "ceiling"
+    app: str = "service"  # "ceiling", or "service_cold": the service with analytics reuse off
     ids: str | None = None  # "sample": existing incidents; "open": fresh open ones per run
+    connections: int | None = None  # wrk's connections (and at most as many threads); None: --connections
+    since_days: int | None = None  # fresh_since.lua: `since` is now − this many days, new every request
     # Targets: a ratio to a ceiling scenario, latency bounds, and the row count they apply from.
     ceiling: str | None = None
     min_ratio: float | None = None
     max_p50_ms: float | None = None
     max_p99_ms: float | None = None
+    min_rps: float | None = None
     target_rows: int = 0
+
+    @property
+    def has_target(self) -> bool:
+        return any(t is not None for t in (self.min_ratio, self.max_p50_ms, self.max_p99_ms, self.min_rps))
 
 
 def scenarios(rows: int, now: datetime) -> list[Scenario]:
@@ -84,6 +91,15 @@ def scenarios(rows: int, now: datetime) -> list[Scenario]:
                  max_p50_ms=300.0, target_rows=1_000_000),
         Scenario("analytics_filtered", "analytics, service + 30-day window",
                  f"{api}/analytics?service=svc-05&since={since}&until={until}", ceiling="ceiling_select"),
+        # Every request new, reuse off (ANALYTICS_CACHE_SECONDS=0): what one computation costs.
+        Scenario("analytics_cold_all", "analytics, no filter, reuse off, 1 connection", f"{api}/analytics",
+                 app="service_cold", connections=1, max_p50_ms=300.0, target_rows=1_000_000),
+        Scenario("analytics_cold_since", "analytics, since = now − 30 days (new each request), reuse off, "
+                 "1 connection", f"{api}/analytics", "fresh_since.lua", "service_cold", connections=1,
+                 since_days=30, max_p50_ms=150.0, target_rows=1_000_000),
+        Scenario("analytics_cold_since_32", "analytics, since = now − 30 days (new each request), reuse off, "
+                 "32 connections", f"{api}/analytics", "fresh_since.lua", "service_cold", connections=32,
+                 since_days=30, min_rps=20.0, target_rows=1_000_000),
         Scenario("create", "POST create (On-Call + Notification)", api, "create.lua",
                  ceiling="ceiling_insert", min_ratio=0.35),
         Scenario("note", "PATCH note append", f"{api}/", "note.lua", ids="sample", ceiling="ceiling_insert"),
@@ -259,6 +275,11 @@ def judge(scenario: Scenario, result: dict[str, Any], ceilings: dict[str, dict[s
         checks.append(f"p99 < {scenario.max_p99_ms:g} ms")
         if result["p99_ms"] >= scenario.max_p99_ms:
             misses.append("p99")
+    if scenario.min_rps is not None:
+        checks.append(f"≥ {scenario.min_rps:g} req/s" + (f" at {scenario.target_rows:,} rows"
+                                                         if scenario.target_rows else ""))
+        if result["rps"] < scenario.min_rps:
+            misses.append("req/s")
     checks.append("0 errors")
     if result["errors"]:
         misses.append("errors")
@@ -354,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         service.wait_until_answers(f"http://127.0.0.1:{service_port}/health/ready")
         ceiling.wait_until_answers(f"http://127.0.0.1:{ceiling_port}/ceiling/incidents/inc-0", ok=(404,))
         apps = {"service": (service, service_port), "ceiling": (ceiling, ceiling_port)}
+        if any(s.app == "service_cold" for s in selected):
+            # The same service with analytics reuse off; few idle connections, so that three apps'
+            # pools stay inside PostgreSQL's max_connections.
+            cold_port = free_port()
+            cold_env = {**env, "ANALYTICS_CACHE_SECONDS": "0", "DB_POOL_MIN": "1"}
+            service_cold = gunicorn("service_cold", "wsgi:app", cold_port, cold_env, work_dir)
+            processes.append(service_cold)
+            service_cold.wait_until_answers(f"http://127.0.0.1:{cold_port}/health/ready")
+            apps["service_cold"] = (service_cold, cold_port)
 
         results: dict[str, dict[str, Any]] = {}
         by_name = {s.name: s for s in every}
@@ -361,12 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         def drive(scenario: Scenario, index: int, duration: float, ids_file: Path | None = None) -> dict[str, Any]:
             """One wrk run of `scenario` (index 0: the warm-up)."""
             _, port = apps[scenario.app]
-            settings: dict[str, Any] = {"threads": args.threads, "seed": 1000 * index + 7, "path": scenario.path}
+            connections = scenario.connections or args.connections
+            threads = min(args.threads, connections)
+            settings: dict[str, Any] = {"threads": threads, "seed": 1000 * index + 7, "path": scenario.path}
             if scenario.ids is not None:
                 settings["ids_file"] = str(ids_file or sample)
-            url = f"http://127.0.0.1:{port}" + ("" if scenario.ids else scenario.path)
+            if scenario.since_days is not None:
+                settings["since_days"] = scenario.since_days
+            url = f"http://127.0.0.1:{port}" + ("" if scenario.ids or scenario.since_days else scenario.path)
             return run_wrk(wrk, url, wrk_script(scenario, work_dir, settings),
-                           threads=args.threads, connections=args.connections, duration=duration)
+                           threads=threads, connections=connections, duration=duration)
 
         for scenario in selected:
             process, port = apps[scenario.app]

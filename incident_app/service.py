@@ -147,11 +147,7 @@ class IncidentService:
         return self.store.page(filters, limit=limit, offset=offset)
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
-        def compute() -> dict[str, Any]:
-            with self.store.reading() as conn:
-                return analytics_queries.incident_analytics(conn, filters)
-
-        return self.analytics_cache.answer(filters, compute)
+        return self.analytics_cache.answer(filters, lambda: self.store.analytics(filters))
 
     # ------------------------------------------------------------------ update
 

@@ -205,3 +205,61 @@ incident_events.append_column(
     sa.Column("xact_id", sa.BigInteger(), nullable=False, server_default=current_transaction_id())
 )
 sa.Index("ix_incident_events_xact_id_id", incident_events.c.xact_id, incident_events.c.id)
+
+# ----------------------------------------------------------------------------- analytics (0008)
+
+
+class seconds_between(expression.FunctionElement):  # named as the SQL function it stands for
+    """`later` − `earlier` in seconds (float), NULL when `later` is: an incident's MTTA or MTTR. The
+    analytics queries and the indexes below use this one expression, so the planner reads the
+    durations from the indexes instead of computing them row by row."""
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_between_postgresql(element, compiler, **kw) -> str:
+    later, earlier = element.clauses
+    # date_part is float8; EXTRACT is numeric, several times as costly over a million rows.
+    return f"date_part('epoch', {compiler.process(later, **kw)} - {compiler.process(earlier, **kw)})"
+
+
+@compiles(seconds_between)
+def _seconds_between_elsewhere(element, compiler, **kw) -> str:
+    # SQLite keeps datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' text. julianday() would lose the
+    # microseconds to float rounding, so whole seconds and the fraction are taken apart; the whole
+    # part is cut off first, since SQLite rounds .999999 up to the next second.
+    later, earlier = (compiler.process(value, **kw) for value in element.clauses)
+
+    def whole(value: str) -> str:
+        return f"CAST(strftime('%s', substr({value}, 1, 19)) AS INTEGER)"
+
+    def fraction(value: str) -> str:
+        return f"CAST(substr({value}, 20) AS REAL)"
+
+    return f"(({whole(later)} - {whole(earlier)}) + ({fraction(later)} - {fraction(earlier)}))"
+
+
+MTTA_SECONDS = seconds_between(incidents.c.acknowledged_at, incidents.c.created_at)
+MTTR_SECONDS = seconds_between(incidents.c.resolved_at, incidents.c.created_at)
+
+# A time window (`since`/`until`) is a range of this index, read alone (an index-only scan): every
+# column the analytics read, with both durations already computed.
+sa.Index(
+    "ix_incidents_analytics_window",
+    incidents.c.created_at, MTTA_SECONDS, MTTR_SECONDS,
+    postgresql_include=["service", "severity", "status", "acknowledged_at", "resolved_at"],
+)
+# Each duration in order: with no filter, an exact percentile is the value at one or two ranks,
+# found by walking the index from its nearer end instead of sorting every value. The partial
+# predicate keeps open incidents (every create) out of them; the included columns let PostgreSQL
+# answer from the index alone (it checks the expression's columns, not the expression).
+for _name, _seconds, _later in (("mtta", MTTA_SECONDS, "acknowledged_at"), ("mttr", MTTR_SECONDS, "resolved_at")):
+    sa.Index(
+        f"ix_incidents_{_name}_seconds",
+        _seconds,
+        postgresql_include=["created_at", _later],
+        postgresql_where=incidents.c[_later].is_not(None),
+        sqlite_where=incidents.c[_later].is_not(None),
+    )

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 
 from incident_app import migrate
 from incident_app.db import create_engine
+from incident_app.repository.analytics import AnalyticsFilters, incident_analytics
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, metadata
 from incident_app.transactions import transaction
@@ -435,5 +436,54 @@ def test_flask_db_upgrade_cli(empty_database):
     try:
         with engine.connect() as conn:
             assert migrate.is_current(conn)
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 0008: analytics indexes
+
+ANALYTICS_INDEXES = {"ix_incidents_analytics_window", "ix_incidents_mtta_seconds", "ix_incidents_mttr_seconds"}
+
+
+def _index_names(engine: sa.Engine) -> set[str]:
+    if engine.dialect.name == "postgresql":
+        query = f"SELECT indexname FROM pg_indexes WHERE schemaname = '{SCHEMA}' AND tablename = 'incidents'"
+    else:
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'incidents'"
+    with engine.connect() as conn:
+        return set(conn.exec_driver_sql(query).scalars())
+
+
+@by_dialect
+def test_0008_indexes_the_incidents_already_there_and_downgrades(empty_database):
+    settings = Settings(database_url=empty_database)
+    command.upgrade(migrate.alembic_config(settings), "0005")
+    engine = create_engine(settings)
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    try:
+        with engine.begin() as conn:  # written before 0008: MTTA 1.5, 2.5, 10 s; MTTR 100.25 s
+            conn.execute(incidents.insert(), [
+                {"id": uuid.UUID(int=n), "incident_id": f"inc-{n:016x}", "title": "t", "service": "api",
+                 "severity": "low", "status": "resolved" if n == 3 else "acknowledged", "notes": [],
+                 "created_at": NOW, "acknowledged_at": NOW + timedelta(seconds=ack),
+                 "resolved_at": NOW + timedelta(seconds=100.25) if n == 3 else None, "updated_at": NOW}
+                for n, ack in ((1, 1.5), (2, 2.5), (3, 10))
+            ])
+        assert not ANALYTICS_INDEXES & _index_names(engine)
+        migrate.upgrade(settings)
+        assert ANALYTICS_INDEXES <= _index_names(engine)
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET enable_seqscan = off")  # read through the new indexes
+            body = incident_analytics(conn, AnalyticsFilters())
+            windowed = incident_analytics(conn, AnalyticsFilters(since=NOW))
+        assert body["mtta_percentiles"] == windowed["mtta_percentiles"] == pytest.approx(
+            {"p50": 2.5, "p90": 8.5, "p95": 9.25, "p99": 9.85})
+        assert body["mttr_percentiles"]["p50"] == windowed["mttr_percentiles"]["p99"] == 100.25
+
+        command.downgrade(migrate.alembic_config(settings), "0005")
+        assert not ANALYTICS_INDEXES & _index_names(engine)
+        migrate.upgrade(settings)  # and up again
+        assert ANALYTICS_INDEXES <= _index_names(engine)
     finally:
         engine.dispose()

@@ -1,7 +1,20 @@
-"""Aggregates over incidents, computed by the database in three queries on either dialect."""
+"""Aggregates over incidents, computed by the database in two queries on either dialect.
+
+At a million rows the costs are the scan and the percentiles' sort; the indexes of migration 0008
+take both away where they can (docs/performance.md, "Analytics when every request is new"):
+
+- the counts and sums are one grouped pass; with a `since`/`until` it is a range of the window
+  index, read alone, with both durations already computed in it;
+- with a filter, PostgreSQL's percentile_cont sorts the matching durations (read from the same
+  index) in one scan for both;
+- with no filter, nothing needs sorting: each duration has an index in its own order, and an exact
+  percentile_cont is the value at rank ⌊p·(n−1)⌋ and the next, interpolated, read by walking that
+  index from its nearer end. SQLite, which lacks percentile_cont, always reads ranks this way.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,9 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from incident_app.lifecycle import SEVERITIES, STATUSES, UNRESOLVED
-from incident_app.tables import incidents
+from incident_app.tables import MTTA_SECONDS, MTTR_SECONDS, incidents
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
+# Each duration with the timestamp it is NULL without: the condition of its partial index.
+DURATIONS = ((MTTA_SECONDS, incidents.c.acknowledged_at), (MTTR_SECONDS, incidents.c.resolved_at))
 
 
 @dataclass(frozen=True)
@@ -36,60 +51,41 @@ class AnalyticsFilters:
         return clauses
 
 
-def _seconds_between(conn: Connection, later: Any, earlier: Any) -> sa.ColumnElement[float]:
-    if conn.dialect.name == "postgresql":
-        return sa.extract("epoch", later - earlier)
-    # SQLite keeps datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' text. julianday() would lose the
-    # microseconds to float rounding, so whole seconds and the fraction are taken apart; the whole
-    # part is cut off first, since SQLite rounds .999999 up to the next second.
-    def whole(value: Any) -> sa.ColumnElement[int]:
-        return sa.cast(sa.func.strftime("%s", sa.func.substr(value, 1, 19)), sa.Integer)
-
-    def fraction(value: Any) -> sa.ColumnElement[float]:
-        return sa.cast(sa.func.substr(value, 20), sa.Float)
-
-    return (whole(later) - whole(earlier)) + (fraction(later) - fraction(earlier))
-
-
 def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str, Any]:
     c = incidents.c
     where = filters.clauses()
-    mtta = _seconds_between(conn, c.acknowledged_at, c.created_at)
-    mttr = _seconds_between(conn, c.resolved_at, c.created_at)
 
-    # One pass grouped by severity and status gives every count and every average.
+    # One pass grouped by service, severity and status gives every count and every sum.
     groups = conn.execute(
         sa.select(
+            c.service,
             c.severity,
             c.status,
             sa.func.count().label("n"),
-            sa.func.sum(mtta).label("mtta_sum"),
-            sa.func.count(c.acknowledged_at).label("mtta_n"),
-            sa.func.sum(mttr).label("mttr_sum"),
-            sa.func.count(c.resolved_at).label("mttr_n"),
+            sa.func.sum(MTTA_SECONDS).label("mtta_sum"),
+            sa.func.count(MTTA_SECONDS).label("mtta_n"),
+            sa.func.sum(MTTR_SECONDS).label("mttr_sum"),
+            sa.func.count(MTTR_SECONDS).label("mttr_n"),
         )
         .where(*where)
-        .group_by(c.severity, c.status)
+        .group_by(c.service, c.severity, c.status)
     ).all()
-    by_service = dict(
-        conn.execute(sa.select(c.service, sa.func.count()).where(*where).group_by(c.service).order_by(c.service)).all()
-    )
-
-    mtta_percentiles, mttr_percentiles = _percentiles(conn, (mtta, mttr), where)
 
     by_severity = dict.fromkeys(SEVERITIES, 0)
     by_status = dict.fromkeys(STATUSES, 0)
+    by_service: dict[str, int] = {}
     sums = {s: {"unresolved": 0, "mtta_sum": 0.0, "mtta_n": 0, "mttr_sum": 0.0, "mttr_n": 0} for s in SEVERITIES}
     for row in groups:
         by_severity[row.severity] += row.n
         by_status[row.status] += row.n
+        by_service[row.service] = by_service.get(row.service, 0) + row.n
         acc = sums[row.severity]
         acc["unresolved"] += row.n if row.status in UNRESOLVED else 0
-        for key in ("mtta_n", "mttr_n"):
-            acc[key] += getattr(row, key)
-        for key in ("mtta_sum", "mttr_sum"):
-            # PostgreSQL's epoch arithmetic is numeric: its sums arrive as Decimal.
-            acc[key] += float(getattr(row, key) or 0)
+        for key in ("mtta_n", "mttr_n", "mtta_sum", "mttr_sum"):
+            acc[key] += getattr(row, key) or 0
+
+    counts = [sum(a["mtta_n"] for a in sums.values()), sum(a["mttr_n"] for a in sums.values())]
+    mtta_percentiles, mttr_percentiles = _percentiles(conn, where, counts)
 
     def average(total: float, count: int) -> float | None:
         return _seconds(float(total) / count) if count else None
@@ -99,12 +95,12 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
         "open_count": by_status["open"],
         "acknowledged_count": by_status["acknowledged"],
         "resolved_count": by_status["resolved"],
-        "avg_mtta_seconds": average(sum(a["mtta_sum"] for a in sums.values()), sum(a["mtta_n"] for a in sums.values())),
-        "avg_mttr_seconds": average(sum(a["mttr_sum"] for a in sums.values()), sum(a["mttr_n"] for a in sums.values())),
+        "avg_mtta_seconds": average(sum(a["mtta_sum"] for a in sums.values()), counts[0]),
+        "avg_mttr_seconds": average(sum(a["mttr_sum"] for a in sums.values()), counts[1]),
         "mtta_percentiles": mtta_percentiles,
         "mttr_percentiles": mttr_percentiles,
         "by_severity": by_severity,
-        "by_service": by_service,
+        "by_service": dict(sorted(by_service.items())),
         "by_status": by_status,
         "severity_breakdown": {
             severity: {
@@ -118,45 +114,48 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
     }
 
 
-def _percentiles(
-    conn: Connection, values: tuple[sa.ColumnElement[float], ...], where: list
-) -> list[dict[str, float | None]]:
-    """The percentiles of each value, in order."""
-    if conn.dialect.name == "postgresql":
-        # One scan for all values: at a million rows each scan-and-sort costs about half a second.
+def _percentiles(conn: Connection, where: list, counts: list[int]) -> list[dict[str, float | None]]:
+    """The percentiles of each duration, in order; `counts` are how many values each has."""
+    if where and conn.dialect.name == "postgresql":
         fractions = sa.literal([p for _, p in PERCENTILES], sa.ARRAY(sa.Float))
         found = conn.execute(
-            sa.select(*(sa.func.percentile_cont(fractions).within_group(v) for v in values)).where(*where)
+            sa.select(*(sa.func.percentile_cont(fractions).within_group(value) for value, _ in DURATIONS)).where(*where)
         ).one()
         found = [f or [None] * len(PERCENTILES) for f in found]
     else:
-        found = [conn.execute(_interpolated_percentiles(v, where)).one() for v in values]
+        found = _ranked_percentiles(conn, where, counts)
     return [{name: _seconds(v) for (name, _), v in zip(PERCENTILES, f, strict=True)} for f in found]
+
+
+def _ranked_percentiles(conn: Connection, where: list, counts: list[int]) -> list[list[float | None]]:
+    """percentile_cont from ranks, all in one statement: for n values and a fraction p, the values
+    at ranks ⌊p·(n−1)⌋ and ⌈p·(n−1)⌉ (0-based), interpolated as PostgreSQL does. Each pair is read
+    in the duration's order from the nearer end (OFFSET skips at most half the values)."""
+    columns: list[sa.ScalarSelect | None] = []
+    for (value, later), n in zip(DURATIONS, counts, strict=True):
+        for _, p in PERCENTILES:
+            if not n:
+                columns.append(None)
+                continue
+            position = p * (n - 1)
+            low, high = math.floor(position), math.ceil(position)
+            from_top = low > n - 1 - high
+            pair = (
+                sa.select(value.label("x"))
+                .where(*where, later.is_not(None))
+                .order_by(value.desc() if from_top else value)
+                .offset(n - 1 - high if from_top else low)
+                .limit(high - low + 1)
+                .subquery()
+            )
+            x_low, x_high = sa.func.min(pair.c.x), sa.func.max(pair.c.x)
+            columns.append(sa.select(x_low + (position - low) * (x_high - x_low)).scalar_subquery())
+    wanted = [column for column in columns if column is not None]
+    found = iter(conn.execute(sa.select(*wanted)).one() if wanted else ())
+    values = [None if column is None else next(found) for column in columns]
+    return [values[i:i + len(PERCENTILES)] for i in range(0, len(values), len(PERCENTILES))]
 
 
 def _seconds(value: Any) -> float | None:
     """Durations to the microsecond, the precision of the timestamps they come from."""
     return round(float(value), 6) if value is not None else None
-
-
-def _interpolated_percentiles(value: sa.ColumnElement[float], where: list) -> sa.Select:
-    """percentile_cont for SQLite, which lacks it: rank the values, then interpolate between the
-    two ranks around p·(n−1), exactly as PostgreSQL does."""
-    ranked = (
-        sa.select(
-            value.label("x"),
-            (sa.func.row_number().over(order_by=value) - 1).label("i"),
-            sa.func.count().over().label("n"),
-        )
-        .where(*where, value.is_not(None))
-        .subquery()
-    )
-    columns = []
-    for _, p in PERCENTILES:
-        position = p * (ranked.c.n - 1)
-        low = sa.cast(position, sa.Integer)  # floor: positions are never negative
-        high = low + sa.case((position > low, 1), else_=0)
-        low_x = sa.func.max(sa.case((ranked.c.i == low, ranked.c.x)))
-        high_x = sa.func.max(sa.case((ranked.c.i == high, ranked.c.x)))
-        columns.append(low_x + sa.func.max(position - low) * (high_x - low_x))
-    return sa.select(*columns)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app.documents import Page
+from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts
 from incident_app.repository import incidents as repo
 from incident_app.repository import outbox as outbox_queue
@@ -101,6 +102,11 @@ class Store(abc.ABC):
 
     def linked_alerts(self, conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:
         return repo.linked_alerts(conn, [incident_pk])[incident_pk]
+
+    def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
+        """The aggregates of the incidents matching `filters` (repository/analytics)."""
+        with self.reading() as conn:
+            return analytics_queries.incident_analytics(conn, filters)
 
     @abc.abstractmethod
     def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:

@@ -18,14 +18,21 @@ from sqlalchemy.engine import Connection, Engine, Row
 from incident_app.batching import GroupCommit
 from incident_app.documents import Page
 from incident_app.prepared import execute_prepared
+from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts, pages, platform_alerts
 from incident_app.repository import incidents as repo
 from incident_app.repository.first_contacts import FirstContact
 from incident_app.repository.pages import ListFilters
 from incident_app.store import Store
+from incident_app.transactions import transaction
 
 
 class PostgresStore(Store):
+    # The window index holds every column the analytics read, at a third of the table's size, but
+    # PostgreSQL's default costs prefer reading the whole table when nothing narrows it: 230 ms
+    # instead of 110 ms at a million rows. Index paths only, for an analytics transaction.
+    ANALYTICS_SETTING = "enable_seqscan = off"
+
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         # Under load, a create's two statements and their commits were a third of its cost: the
@@ -79,6 +86,14 @@ class PostgresStore(Store):
             return repo.linked_alerts(conn, [incident_pk], enrich=enrich)[incident_pk]
 
         return platform_alerts.enriched_if_possible(conn, query)
+
+    def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
+        with transaction(self.engine) as conn:
+            # One snapshot for its two statements: the ranks read from the duration indexes are
+            # counted by the grouped pass, and an acknowledge between the two would shift them.
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.exec_driver_sql(f"SET LOCAL {self.ANALYTICS_SETTING}")
+            return analytics_queries.incident_analytics(conn, filters)
 
     def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:
         with self.reading() as conn:
