@@ -50,6 +50,12 @@ def our_schema(engine: sa.Engine) -> str | None:
     return SCHEMA if engine.dialect.name == "postgresql" else None
 
 
+def _index(index: dict[str, Any]) -> str:
+    # A partial index's predicate comes back as a TextClause, whose repr differs per object.
+    options = {name: str(value) for name, value in index.get("dialect_options", {}).items()}
+    return str({**index, "dialect_options": options})
+
+
 def schema_snapshot(engine: sa.Engine) -> dict[str, Any]:
     """Everything a migration decides, as the database reports it."""
     schema = our_schema(engine)
@@ -64,7 +70,7 @@ def schema_snapshot(engine: sa.Engine) -> dict[str, Any]:
                 ],
                 "pk": inspector.get_pk_constraint(table, schema=schema),
                 "fks": sorted(str(fk) for fk in inspector.get_foreign_keys(table, schema=schema)),
-                "indexes": sorted(str(ix) for ix in inspector.get_indexes(table, schema=schema)),
+                "indexes": sorted(_index(ix) for ix in inspector.get_indexes(table, schema=schema)),
                 "uniques": sorted(str(u) for u in inspector.get_unique_constraints(table, schema=schema)),
             }
         if schema:
