@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, jsonify
-from werkzeug.exceptions import Conflict, HTTPException, UnprocessableEntity
+from werkzeug.exceptions import Conflict, HTTPException, ServiceUnavailable, UnprocessableEntity
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ class IdempotencyKeyReused(UnprocessableEntity):
 
 class IdempotencyKeyInFlight(Conflict):
     description = "a request with this Idempotency-Key is still being processed; retry shortly"
+
+
+class DedupKeyContended(ServiceUnavailable):
+    description = ("the incident of this dedup_key was resolved again and again while this request was folded into "
+                   "it; retry shortly")
 
 
 class Unauthorized(Exception):

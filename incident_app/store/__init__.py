@@ -22,7 +22,10 @@ from incident_app.repository.first_contacts import FirstContact
 from incident_app.repository.pages import ListFilters
 from incident_app.transactions import reading, single_statement, transaction
 
-__all__ = ["FirstContact", "Store", "open_store"]
+__all__ = ["Attach", "FirstContact", "Store", "open_store"]
+
+# Names the incident a create stored or was grouped into (True) in an Idempotency-Key, in its transaction.
+Attach = Callable[[Connection, uuid.UUID, bool], None]
 
 
 class Store(abc.ABC):
@@ -47,20 +50,38 @@ class Store(abc.ABC):
 
     # ------------------------------------------------------------------ creates
 
-    def insert_new(self, new: repo.NewIncident) -> Row:
-        """Store a new incident with its links, timeline and notification: its first commit."""
+    def insert_new(self, new: repo.NewIncident) -> Row | None:
+        """Store a new incident with its links, timeline and notification: its first commit. None
+        (nothing stored) when an unresolved incident has its `dedup_key` already."""
         with self.single_statement() as conn:
             return self._insert(conn, new)
 
-    def insert_new_reserved(self, new: repo.NewIncident, *, attach: Callable[[Connection, uuid.UUID], None]) -> Row:
+    def insert_new_reserved(self, new: repo.NewIncident, *, attach: Attach) -> Row | None:
         """As `insert_new`, with `attach` (an Idempotency-Key naming it) in the same transaction."""
         with self.writing() as conn:
             row = self._insert(conn, new)
-            attach(conn, row.id)
+            if row is not None:
+                attach(conn, row.id, False)
             return row
 
-    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row:
+    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row | None:
         return repo.insert_one(conn, new)
+
+    def group_into(
+        self, dedup_key: str, *, now: datetime, writes: Callable[[Row], repo.GroupedWrites], attach: Attach | None,
+    ) -> tuple[Row, list[dict[str, Any]]] | None:
+        """Fold a create into the unresolved incident with `dedup_key`, in one transaction: count it
+        (the UPDATE that also locks the row, so `writes` is worked out from the incident as it stands),
+        write what `writes` says, and `attach` an Idempotency-Key. The incident and its alerts, or None
+        when no unresolved incident has the key (resolved since the create's insert found it)."""
+        with self.writing() as conn:
+            row = repo.group_into(conn, dedup_key=dedup_key, now=now)
+            if row is None:
+                return None
+            row = repo.write_grouped(conn, row, writes(row))
+            if attach is not None:
+                attach(conn, row.id, True)
+            return row, self.linked_alerts(conn, row.id)
 
     def new_links(self, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
         """The links a create just made, as `linked_alerts` would read them (same time, so by alert id)."""
