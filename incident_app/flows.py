@@ -84,11 +84,18 @@ class IncidentOpening:
     ) -> Stored | Grouped:
         """The first commit, with `attach` (an Idempotency-Key) in its transaction when given.
 
-        With a `dedup_key`, the partial unique index decides: the insert skips a create whose key an
-        unresolved incident has, and that create is folded into it instead (Grouped). Should that
-        incident be resolved in between, the key is free again and the create inserts once more."""
+        With a `dedup_key`, the create is first folded into the unresolved incident that has it (in a
+        storm, what almost every request does); when there is none it inserts, and the partial unique
+        index decides: an insert another create beat to the key is skipped, and folded into that
+        incident instead. The loop ends when one of the two writes succeeds; it goes round again only
+        when that incident is resolved in between (or, rarely, an incident id collides)."""
         now = self.clock()
+        dedup_key = fields.get("dedup_key")
         for attempt in range(1, _ATTEMPTS + 1):
+            if dedup_key is not None:
+                grouped = self._group(fields, alert_ids, now, attach)
+                if grouped is not None:
+                    return grouped
             new, pending = self._new_incident(fields, alert_ids, now)
             try:
                 if attach is None:
@@ -105,40 +112,44 @@ class IncidentOpening:
             if row is not None:
                 alerts = self.store.new_links(row.id, alert_ids, now) if alert_ids else []
                 return Stored(row, pending, alerts)
-            grouped = self._group(fields, alert_ids, now, attach)
-            if grouped is not None:
-                return grouped
         raise DedupKeyContended()
 
     def _group(
         self, fields: dict[str, Any], alert_ids: Sequence[uuid.UUID], now: datetime, attach: Attach | None
     ) -> Grouped | None:
-        raised: list[Pending] = []
-
-        def writes(row: Row) -> repo.GroupedWrites:
-            # Worked out from the incident as the grouping UPDATE locked it: exactly one request raises it.
-            severity = fields["severity"]
-            timeline = [events.event(row.id, "alert_grouped", at=now, details={
-                "title": fields["title"], "severity": severity, "alert_ids": [str(a) for a in alert_ids],
-            })]
-            values, notification = {}, None
-            if lifecycle.more_severe(severity, row.severity):
-                values = {"severity": severity}
-                timeline.append(events.event(row.id, "severity_raised", at=now,
-                                             details={"from": row.severity, "to": severity}))
-                pending, notification = self.outbox.prepare(
-                    incident_pk=row.id, incident_id=row.incident_id, severity=severity,
-                    engineer=row.assigned_to or row.service,
-                    message=notification_message(**{**row._mapping, "severity": severity}), now=now,
-                )
-                raised[:] = [pending]
-            return repo.GroupedWrites(values, timeline, repo.links(row.id, alert_ids, now), notification)
-
-        found = self.store.group_into(fields["dedup_key"], now=now, writes=writes, attach=attach)
+        severity = fields["severity"]
+        details = {"title": fields["title"], "severity": severity, "alert_ids": [str(a) for a in alert_ids]}
+        found = self.store.group_into(fields["dedup_key"], now=now, alert_ids=alert_ids, details=details,
+                                      attach=attach)
         if found is None:
             return None
         row, alerts = found
-        return Grouped(row, alerts, raised[0] if raised else None)
+        if not lifecycle.more_severe(severity, row.severity):
+            return Grouped(row, alerts, None)
+        row, raised = self._raise(row, severity, now)
+        return Grouped(row, alerts, raised)
+
+    def _raise(self, row: Row, severity: str, now: datetime) -> tuple[Row, Pending | None]:
+        """Raise the incident to `severity`, with its `severity_raised` event and a notification of the
+        new severity to its assignee, unless a concurrent request raised it as far already (or it was
+        resolved meanwhile): decided with the row locked, so each raise happens once."""
+        raised: list[Pending] = []
+
+        def change(locked: Row) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
+            if locked.status == lifecycle.Status.RESOLVED or not lifecycle.more_severe(severity, locked.severity):
+                return None
+            timeline = [events.event(locked.id, "severity_raised", at=now,
+                                     details={"from": locked.severity, "to": severity})]
+            pending, notification = self.outbox.prepare(
+                incident_pk=locked.id, incident_id=locked.incident_id, severity=severity,
+                engineer=locked.assigned_to or locked.service,
+                message=notification_message(**{**locked._mapping, "severity": severity}), now=now,
+            )
+            raised.append(pending)
+            return {"severity": severity, "updated_at": now}, timeline, notification
+
+        row = self.store.raise_severity(row.id, change)
+        return row, raised[0] if raised else None
 
     def announce_grouped(self, grouped: Grouped) -> Row:
         """After a grouping's commit: count it and, when it raised the severity, notify the assignee

@@ -36,18 +36,6 @@ class NewIncident:
     notification: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class GroupedWrites:
-    """What folding a create into an incident writes besides counting it: the incident's changed
-    values (its raised severity, or none), its events, its alert links, and the notification of a
-    raise (or None)."""
-
-    values: Mapping[str, Any]
-    timeline: Sequence[Mapping[str, Any]]
-    links: Sequence[Mapping[str, Any]]
-    notification: Mapping[str, Any] | None
-
-
 NEW_COLUMNS = ("id", "incident_id", "title", "description", "service", "severity", "status", "notes",
                "created_at", "updated_at", "dedup_key")
 _LINK_COLUMNS = ("incident_id", "alert_id", "linked_at")
@@ -135,48 +123,76 @@ def _insert_incident(columns: tuple[str, ...], dialect: str) -> sa.Insert:
     )
 
 
-def group_into(conn: Connection, *, dedup_key: str, now: datetime) -> Row | None:
-    """Fold a create into the unresolved incident with `dedup_key`: one more grouped request. The
-    row as updated (and locked until the caller's transaction ends), or None when there is none."""
-    return conn.execute(_GROUP_INTO, {"key": dedup_key, "now": now}).one_or_none()
+def group_into(
+    conn: Connection, *, dedup_key: str, now: datetime, alert_ids: Sequence[uuid.UUID], details: Mapping[str, Any]
+) -> Row | None:
+    """Fold a create into the unresolved incident with `dedup_key`: one more grouped request, its
+    alerts linked (an alert already linked stays as it was) and its `alert_grouped` event with
+    `details`. The incident as updated, or None (nothing written) when no unresolved one has the key.
+
+    PostgreSQL: one statement (the links and the event written from the UPDATE's RETURNING), so the
+    row is locked for that statement alone; in a storm every request of a key queues on that lock."""
+    parameters = {"key": dedup_key, "now": now}
+    if conn.dialect.name != "postgresql":
+        row = conn.execute(_GROUP_INTO, parameters).one_or_none()
+        if row is not None:
+            for write in (link_bound(conn.dialect.name, row.id, alert_ids, now),
+                          events.insert_events(events.event(row.id, "alert_grouped", at=now, details=details),
+                                               dialect=conn.dialect.name)):
+                if write is not None:
+                    write.execute(conn)
+        return row
+    values = {**parameters, "grouped_alert_ids": list(alert_ids), "grouped_details": dict(details)}
+    return conn.execute(_GROUP_INTO_WITH_LINKS_AND_EVENT, values).one_or_none()
 
 
+_NOW = sa.bindparam("now", type_=incidents.c.updated_at.type)
 _GROUP_INTO = (
     incidents.update()
     .where(incidents.c.dedup_key == sa.bindparam("key"), incidents.c.status != "resolved")
-    .values(grouped_count=incidents.c.grouped_count + 1,
-            last_grouped_at=sa.bindparam("now", type_=incidents.c.last_grouped_at.type),
-            updated_at=sa.bindparam("now", type_=incidents.c.updated_at.type))
+    .values(grouped_count=incidents.c.grouped_count + 1, last_grouped_at=_NOW, updated_at=_NOW)
     .returning(*incidents.c)
 )
 
 
-def write_grouped(conn: Connection, row: Row, writes: GroupedWrites) -> Row:
-    """Write what folding a create into the incident `row` (locked by `group_into`) changes, in one
-    statement on PostgreSQL; the incident as it then stands."""
-    dialect = conn.dialect.name
-    timeline = events.insert_events(*writes.timeline, dialect=dialect)
-    others = (_link_rows(dialect, writes.links),
-              outbox_queue.enqueue(writes.notification) if writes.notification is not None else None)
-    if not writes.values:
-        execute_together(conn, timeline, *others)
-        return row
-    (changed,) = execute_together(conn, update_incident(row.id, writes.values), timeline, *others)
-    return changed
+def _group_into_with_links_and_event() -> sa.Select:
+    grouped = _GROUP_INTO.cte("grouped")
+    alert_ids = sa.func.unnest(sa.bindparam("grouped_alert_ids", type_=postgresql.ARRAY(sa.Uuid()))).table_valued(
+        sa.column("alert_id", sa.Uuid())).render_derived("given")
+    links = (
+        postgresql.insert(incident_alerts)
+        .from_select(_LINK_COLUMNS, sa.select(grouped.c.id, alert_ids.c.alert_id, _NOW).select_from(grouped)
+                     .join(alert_ids, sa.true()))
+        .on_conflict_do_nothing()
+    )
+    kind = sa.cast(sa.literal_column("'alert_grouped'"), incident_events.c.type.type)
+    details = sa.bindparam("grouped_details", type_=incident_events.c.details.type)
+    timeline = incident_events.insert().from_select(
+        events.COLUMNS, sa.select(grouped.c.id, kind, sa.null(), details, _NOW).select_from(grouped)
+    )
+    return sa.select(*grouped.c).add_cte(links.cte("links"), timeline.cte("timeline"))
+
+
+_GROUP_INTO_WITH_LINKS_AND_EVENT = _group_into_with_links_and_event()
+
+
+def locked(conn: Connection, incident_pk: uuid.UUID) -> Row | None:
+    """The incident, its row locked until the caller's transaction ends (SQLite: its write transaction)."""
+    return conn.execute(_LOCKED, {"pk": incident_pk}).one_or_none()
+
+
+_LOCKED = sa.select(*incidents.c).where(incidents.c.id == sa.bindparam("pk")).with_for_update()
 
 
 def link_bound(dialect: str, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> Bound | None:
     """The INSERT linking alerts to an incident, an alert already linked left as it was; None for none.
     PostgreSQL: rows as arrays, so that it runs with other writes (statements.execute_together)."""
-    return _link_rows(dialect, links(incident_pk, alert_ids, now))
-
-
-def _link_rows(dialect: str, rows: Sequence[Mapping[str, Any]]) -> Bound | None:
+    rows = links(incident_pk, alert_ids, now)
     if not rows:
         return None
     if dialect == "postgresql":
         return Bound(_LINK_ARRAYS, arrays(rows, _LINK_COLUMNS, "link_"))
-    return Bound(sqlite.insert(incident_alerts).on_conflict_do_nothing(), list(rows))
+    return Bound(sqlite.insert(incident_alerts).on_conflict_do_nothing(), rows)
 
 
 _LINK_ARRAYS = postgresql.insert(incident_alerts).from_select(
@@ -294,11 +310,13 @@ def add_links(conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid
 
 
 def write_change(
-    conn: Connection, incident_pk: uuid.UUID, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
+    conn: Connection, incident_pk: uuid.UUID, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]],
+    *together: Bound | None,
 ) -> Row:
-    """Write a change to an incident the caller holds locked, with its events; the changed row."""
+    """Write a change to an incident the caller holds locked, with its events (and the independent
+    writes `together`, an outbox row say); the changed row."""
     update = update_incident(incident_pk, values)
-    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name))
+    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name), *together)
     return row
 
 

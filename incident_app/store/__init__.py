@@ -68,20 +68,33 @@ class Store(abc.ABC):
         return repo.insert_one(conn, new)
 
     def group_into(
-        self, dedup_key: str, *, now: datetime, writes: Callable[[Row], repo.GroupedWrites], attach: Attach | None,
+        self, dedup_key: str, *, now: datetime, alert_ids: Sequence[uuid.UUID], details: dict[str, Any],
+        attach: Attach | None,
     ) -> tuple[Row, list[dict[str, Any]]] | None:
-        """Fold a create into the unresolved incident with `dedup_key`, in one transaction: count it
-        (the UPDATE that also locks the row, so `writes` is worked out from the incident as it stands),
-        write what `writes` says, and `attach` an Idempotency-Key. The incident and its alerts, or None
-        when no unresolved incident has the key (resolved since the create's insert found it)."""
-        with self.writing() as conn:
-            row = repo.group_into(conn, dedup_key=dedup_key, now=now)
+        """Fold a create into the unresolved incident with `dedup_key` (repository.incidents.group_into),
+        with `attach` (an Idempotency-Key) in its transaction when given. The incident and its
+        alerts, or None (nothing written) when no unresolved incident has the key."""
+        with self.writing() if attach is not None else self.single_statement() as conn:
+            row = repo.group_into(conn, dedup_key=dedup_key, now=now, alert_ids=alert_ids, details=details)
             if row is None:
                 return None
-            row = repo.write_grouped(conn, row, writes(row))
             if attach is not None:
                 attach(conn, row.id, True)
             return row, self.linked_alerts(conn, row.id)
+
+    def raise_severity(
+        self, incident_pk: uuid.UUID, change: Callable[[Row], tuple[dict[str, Any], list[dict[str, Any]],
+                                                                      dict[str, Any]] | None],
+    ) -> Row:
+        """Decide with the incident's row locked whether to raise its severity: `change` gives the values,
+        events and outbox row of the raise, or None; written in the same transaction. The incident."""
+        with self.writing() as conn:
+            row = repo.locked(conn, incident_pk)
+            raised = change(row)
+            if raised is None:
+                return row
+            values, timeline, notification = raised
+            return repo.write_change(conn, row.id, values, timeline, outbox_queue.enqueue(notification))
 
     def new_links(self, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
         """The links a create just made, as `linked_alerts` would read them (same time, so by alert id)."""

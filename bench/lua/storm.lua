@@ -1,0 +1,17 @@
+-- An alert storm: POST creates spread over STORM_KEYS dedup keys, each key with its own service and a
+-- fixed severity (so no grouped request raises one), each request one new alert. Almost all are grouped.
+local severities = {"critical", "high", "medium", "low"}
+local headers = {["Content-Type"] = "application/json"}
+
+function init(args)
+  math.randomseed(BENCH.seed + thread_index)
+end
+
+function request()
+  local n = math.random(0, BENCH.storm_keys - 1)
+  local body = string.format(
+    '{"title": "Dependency down behind storm-%02d", "service": "storm-svc-%02d", "severity": "%s", ' ..
+    '"dedup_key": "storm-%02d", "alert_ids": ["%s"]}',
+    n, n, severities[n % #severities + 1], n, random_uuid())
+  return wrk.format("POST", BENCH.path, headers, body)
+end
