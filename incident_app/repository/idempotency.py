@@ -33,7 +33,8 @@ def take_over(conn: Connection, key: str, request_hash: str, *, now: datetime, e
     """Start the key afresh: it expired, or its first request died before creating anything."""
     conn.execute(
         idempotency_keys.update().where(k.key == key).values(
-            request_hash=request_hash, incident_id=None, grouped=False, reserved_at=now, completed_at=None, expires_at=expires_at
+            request_hash=request_hash, incident_id=None, grouped=False, reserved_at=now, completed_at=None,
+            expires_at=expires_at,
         )
     )
 
