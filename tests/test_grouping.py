@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.incidents import URL, VALID
 from tests.test_metrics import families, open_counts
+from tests.test_stream import follow
 
 NOTIFY = "/api/v1/notify"
 ONCALL = "/api/v1/oncall/current"
@@ -197,6 +198,21 @@ def test_idempotent_replay_of_the_opening_request_answers_201(client):
 
 
 # --------------------------------------------------------------------------- the feed
+
+
+def test_grouping_events_go_out_on_the_feed_with_the_incident_as_it_stands(client):
+    frames = follow(client, "?types=alert_grouped,severity_raised")
+    try:
+        incident_id = alert(client, severity="low").get_json()["incident_id"]
+        alert(client, severity="high")
+        grouped, raised = frames.until(2)
+    finally:
+        frames.close()
+    assert (grouped["event"], raised["event"]) == ("alert_grouped", "severity_raised")
+    assert grouped["data"]["incident_id"] == raised["data"]["incident_id"] == incident_id
+    assert grouped["data"]["details"]["severity"] == "high"
+    assert raised["data"]["details"] == {"from": "low", "to": "high"}
+    assert raised["data"]["incident"]["severity"] == "high" and raised["data"]["incident"]["grouped_count"] == 1
 
 
 def test_grouping_events_are_in_the_timeline_schema_and_the_feeds_type_filter(client):
