@@ -11,8 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from incident_app import migrate
-from incident_app.settings import Settings
 from tests.conftest import empty_tables
 from tests.support.gunicorn import GunicornService
 from tests.support.incidents import URL, VALID
@@ -30,10 +28,8 @@ def peers():
 
 
 @pytest.fixture(scope="module")
-def grouping_database(pg_database) -> str:
-    url = pg_database()
-    migrate.upgrade(Settings(database_url=url))
-    return url
+def grouping_database(migrated_urls, postgres_available) -> str:
+    return migrated_urls["postgresql"]()
 
 
 @pytest.fixture(scope="module")

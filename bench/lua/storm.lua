@@ -1,7 +1,5 @@
--- An alert storm: POST creates spread over STORM_KEYS dedup keys, each key with its own service and a
+-- An alert storm: POST creates spread over BENCH.storm_keys dedup keys, each key with its own service and a
 -- fixed severity (so no grouped request raises one), each request one new alert. Almost all are grouped.
-local severities = {"critical", "high", "medium", "low"}
-local headers = {["Content-Type"] = "application/json"}
 
 function init(args)
   math.randomseed(BENCH.seed + thread_index)
@@ -12,6 +10,6 @@ function request()
   local body = string.format(
     '{"title": "Dependency down behind storm-%02d", "service": "storm-svc-%02d", "severity": "%s", ' ..
     '"dedup_key": "storm-%02d", "alert_ids": ["%s"]}',
-    n, n, severities[n % #severities + 1], n, random_uuid())
-  return wrk.format("POST", BENCH.path, headers, body)
+    n, n, SEVERITIES[n % #SEVERITIES + 1], n, random_uuid())
+  return wrk.format("POST", BENCH.path, JSON_HEADERS, body)
 end
