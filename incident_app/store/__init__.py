@@ -80,7 +80,8 @@ class Store(abc.ABC):
                 return None
             if attach is not None:
                 attach(conn, row.id, True)
-            return row, self.linked_alerts(conn, row.id)
+            # The incident with its alerts as the grouping left them: the read of GET one (prepared on PostgreSQL).
+            return self.find_with_alerts(conn, row.incident_id)
 
     def raise_severity(
         self, incident_pk: uuid.UUID, change: Callable[[Row], tuple[dict[str, Any], list[dict[str, Any]],
