@@ -325,17 +325,23 @@ def linked_alerts(
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """Linked alerts per incident, oldest link first, with the alert's own fields if `enrich`
     (platform_alerts: only where that table is)."""
-    columns, source = platform_alerts.alert_selection(enrich)
-    rows = conn.execute(
-        sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
-        .select_from(source)
-        .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
-        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-    ).mappings()
+    rows = conn.execute(_linked_alerts(enrich), {"incident_pks": list(incident_pks)}).mappings()
     linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
     for row in rows:
         linked[row["linked_incident_id"]].append(platform_alerts.alert_entry(row))
     return linked
+
+
+@functools.cache
+def _linked_alerts(enrich: bool) -> sa.Select:
+    # Built once (a grouped create reads its incident's alerts, hundreds in a storm, on every request).
+    columns, source = platform_alerts.alert_selection(enrich)
+    return (
+        sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
+        .select_from(source)
+        .where(incident_alerts.c.incident_id.in_(sa.bindparam("incident_pks", expanding=True)))
+        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+    )
 
 
 @functools.cache

@@ -80,8 +80,8 @@ class Store(abc.ABC):
                 return None
             if attach is not None:
                 attach(conn, row.id, True)
-            # The incident with its alerts as the grouping left them: the read of GET one (prepared on PostgreSQL).
-            return self.find_with_alerts(conn, row.incident_id)
+            # The alerts alone: GET one's read repeats the incident's columns on each alert's row.
+            return row, self.linked_alerts(conn, row.id)
 
     def raise_severity(
         self, incident_pk: uuid.UUID, change: Callable[[Row], tuple[dict[str, Any], list[dict[str, Any]],
