@@ -173,6 +173,19 @@ def test_a_key_of_255_characters_is_accepted(client):
     assert alert(client, key="k" * 255).status_code == 200
 
 
+def test_a_key_whose_incident_is_resolved_between_every_two_writes_is_a_503_not_a_500(app, client, monkeypatch):
+    """Each round groups (none found: resolved) and inserts (skipped: another create took the key),
+    as an incident resolved and reopened in between, over and over, would make it; five rounds, then 503."""
+    store = app.extensions["store"]
+    calls = []
+    monkeypatch.setattr(store, "group_into", lambda *args, **kwargs: calls.append("group"))
+    monkeypatch.setattr(store, "insert_new", lambda new: calls.append("insert"))
+    response = alert(client)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.get_json()["code"] == 503 and "dedup_key" in response.get_json()["message"]
+    assert calls == ["group", "insert"] * 5
+
+
 # --------------------------------------------------------------------------- Idempotency-Key
 
 
