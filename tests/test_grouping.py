@@ -173,6 +173,22 @@ def test_a_key_of_255_characters_is_accepted(client):
     assert alert(client, key="k" * 255).status_code == 200
 
 
+def test_an_insert_another_create_beat_to_the_key_is_skipped_and_the_create_grouped(app, client, notifier,
+                                                                                   monkeypatch):
+    """The race's loser: its grouping ran before the winner's insert committed (here: the first
+    grouping misses), so it inserts; the partial unique index skips that insert, nothing of it is
+    written, and the next round groups it into the winner."""
+    winner = alert(client).get_json()
+    store = app.extensions["store"]
+    real, missed = store.group_into, []
+    monkeypatch.setattr(store, "group_into", lambda *a, **k: missed.append(1) if not missed else real(*a, **k))
+    response = alert(client, alert_ids=[str(uuid.uuid4())])
+    assert response.status_code == 200 and response.get_json()["incident_id"] == winner["incident_id"]
+    assert client.get(URL).get_json()["total"] == 1
+    assert len(notifier.requests_to(NOTIFY)) == 1
+    assert [e["type"] for e in events_of(client, winner["incident_id"])].count("created") == 1
+
+
 def test_a_key_whose_incident_is_resolved_between_every_two_writes_is_a_503_not_a_500(app, client, monkeypatch):
     """Each round groups (none found: resolved) and inserts (skipped: another create took the key),
     as an incident resolved and reopened in between, over and over, would make it; five rounds, then 503."""
