@@ -33,8 +33,9 @@ from incident_app.store import Attach, FirstContact, Store
 
 log = logging.getLogger(__name__)
 
-# Inserts tried per create: each is met by an id collision (rare) or, with a dedup_key, by an
-# incident resolved between the insert that found it and the grouping.
+# Rounds per create. One goes round again after an id collision (rare) or, with a dedup_key, when its
+# grouping found no unresolved incident and its insert found the key taken: another create opened the
+# incident in between, and the next round groups into it (more rounds only if it is resolved meanwhile).
 _ATTEMPTS = 5
 
 
@@ -87,8 +88,7 @@ class IncidentOpening:
         With a `dedup_key`, the create is first folded into the unresolved incident that has it (in a
         storm, what almost every request does); when there is none it inserts, and the partial unique
         index decides: an insert another create beat to the key is skipped, and folded into that
-        incident instead. The loop ends when one of the two writes succeeds; it goes round again only
-        when that incident is resolved in between (or, rarely, an incident id collides)."""
+        incident instead, in the next round (_ATTEMPTS)."""
         now = self.clock()
         dedup_key = fields.get("dedup_key")
         for attempt in range(1, _ATTEMPTS + 1):
