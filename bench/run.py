@@ -44,6 +44,7 @@ RESULTS = ROOT / "bench" / "results"
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SAMPLED_IDS = 20_000
 WRK_TIMEOUT = "10s"
+STORM_KEYS = 20  # the storm scenario's dedup keys: it must end with as many incidents and pages
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def scenarios(rows: int, now: datetime) -> list[Scenario]:
                  since_days=30, min_rps=20.0, target_rows=1_000_000),
         Scenario("create", "POST create (On-Call + Notification)", api, "create.lua",
                  ceiling="ceiling_insert", min_ratio=0.35),
+        Scenario("storm", f"POST create, alert storm over {STORM_KEYS} dedup keys (grouped)", api, "storm.lua",
+                 ceiling="create", min_ratio=1.0, max_p99_ms=100.0),
         Scenario("note", "PATCH note append", f"{api}/", "note.lua", ids="sample", ceiling="ceiling_insert"),
         Scenario("acknowledge", "PATCH acknowledge (a new open incident each)", f"{api}/", "acknowledge.lua",
                  ids="open", ceiling="ceiling_insert", min_ratio=0.5),
@@ -290,6 +293,14 @@ def judge(scenario: Scenario, result: dict[str, Any], ceilings: dict[str, dict[s
         result["met"] = not misses
 
 
+def judge_storm(result: dict[str, Any], incidents: int, pages: int) -> None:
+    """The storm's promise beside its speed: however many requests, one incident and one page per key."""
+    result["note"] = f"{incidents} incidents and {pages} pages for {STORM_KEYS} dedup keys"
+    result["target"] += f", {STORM_KEYS} incidents and pages"
+    if (incidents, pages) != (STORM_KEYS, STORM_KEYS):
+        result["met"] = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="incidents seeded (default 100,000)")
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = wanted - chosen
         if unknown:
             parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in every)}")
-        chosen = wanted | {"ceiling_select", "ceiling_insert"}
+        chosen = wanted | {"ceiling_select", "ceiling_insert"} | ({"create"} if "storm" in wanted else set())
     selected = [s for s in every if s.name in chosen]
     profiled = set(args.profile.split(",")) if args.profile else set()
     name = args.name or f"{args.rows}rows" + (f"-{args.scenarios.replace(',', '-')}" if args.scenarios else "")
@@ -393,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             _, port = apps[scenario.app]
             connections = scenario.connections or args.connections
             threads = min(args.threads, connections)
-            settings: dict[str, Any] = {"threads": threads, "seed": 1000 * index + 7, "path": scenario.path}
+            settings: dict[str, Any] = {"threads": threads, "seed": 1000 * index + 7, "path": scenario.path,
+                                        "storm_keys": STORM_KEYS}
             if scenario.ids is not None:
                 settings["ids_file"] = str(ids_file or sample)
             if scenario.since_days is not None:
@@ -442,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["note"] = "ran out of provisioned open incidents: some acknowledges were no-ops"
             results[scenario.name] = result
             judge(scenario, result, results, args.rows)
+            if scenario.name == "storm":
+                judge_storm(result, *seed.storm_outcome(url))
             print(report.console_line(scenario, result), flush=True)
             write_results(out, name, args, now, started, selected, results)  # a crash later keeps these
 

@@ -173,3 +173,15 @@ def count_open(url: str, incident_ids: list[str]) -> int:
         ).scalar_one()
     engine.dispose()
     return found
+
+
+def storm_outcome(url: str) -> tuple[int, int]:
+    """The storm scenario's incidents (its dedup keys are `storm-NN`) and the pages they made (outbox rows)."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        incidents, pages = conn.exec_driver_sql(
+            "SELECT count(DISTINCT i.id), count(o.id) FROM incidents.incidents i"
+            " LEFT JOIN incidents.notification_outbox o ON o.incident_id = i.id WHERE i.dedup_key LIKE 'storm-%%'"
+        ).one()
+    engine.dispose()
+    return incidents, pages

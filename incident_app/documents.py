@@ -102,6 +102,24 @@ def summary_json(document: Mapping[str, Any]) -> dict[str, Any]:
     return item
 
 
+# A linked alert's values that are not JSON as they are (LinkedAlertSchema's UUID and times).
+_ALERT_TO_JSON = {"alert_id": str, "linked_at": rfc3339, "timestamp": rfc3339}
+
+
+def incident_json(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The full incident document (`incident_document` with alerts) as JSON values, as IncidentSchema
+    dumps it, straight from FIELDS' kinds like `summary_json`. A storm's incident carries hundreds of
+    alerts, which marshmallow dumps field by field (3.7 ms at 225 alerts); tests/test_documents.py holds
+    both to the same output."""
+    body = summary_json(document)
+    body["alerts"] = [
+        {name: value if value is None else _ALERT_TO_JSON.get(name, str)(value) for name, value in alert.items()}
+        for alert in document["alerts"]
+    ]
+    body["alert_ids"] = [str(alert_id) for alert_id in document["alert_ids"]]
+    return body
+
+
 @dataclass(frozen=True)
 class Page:
     """A list's answer, whichever store made it: the JSON body of IncidentPageSchema's document."""

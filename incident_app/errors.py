@@ -47,6 +47,14 @@ class IdempotencyKeyInFlight(Conflict):
     description = "a request with this Idempotency-Key is still being processed; retry shortly"
 
 
+class DedupKeyContended(Exception):
+    """Each round of a create with a dedup_key found the key's incident resolved between its two writes."""
+
+    def __init__(self) -> None:
+        super().__init__("the incident of this dedup_key was resolved again and again while this request was "
+                         "grouped into it; retry shortly")
+
+
 class Unauthorized(Exception):
     def __init__(self) -> None:
         super().__init__("missing or invalid API key: send Authorization: Bearer <key>")
@@ -122,6 +130,8 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(
         Unauthorized, lambda e: _respond(401, str(e), headers={"WWW-Authenticate": "Bearer"})
     )
+
+    app.register_error_handler(DedupKeyContended, lambda e: _respond(503, str(e), headers={"Retry-After": "1"}))
 
     @app.errorhandler(AnalyticsBusy)
     def _analytics_busy(error: AnalyticsBusy):

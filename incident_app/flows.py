@@ -4,7 +4,9 @@ case that calls it (service.py), the way Netflix Dispatch keeps `flows` apart fr
 `store_new` is the first commit: the incident with its links, timeline and notification, addressed
 to the service and held for the length of the on-call lookup, so a crash at any later point loses
 neither the incident nor the page. `assign_and_notify` is everything after it, in the contract's
-order: ask On-Call, notify, record the assignment and the delivery, count both.
+order: ask On-Call, notify, record the assignment and the delivery, count both. A create whose
+`dedup_key` an unresolved incident has is folded into it instead (contract 8): `store_new` answers
+Grouped, and `announce_grouped` is all that follows it (no On-Call, no page unless it raised the severity).
 """
 
 from __future__ import annotations
@@ -18,19 +20,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Row
 
 from incident_app import lifecycle
+from incident_app.errors import DedupKeyContended
 from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import NotificationOutbox, Pending
 from incident_app.peers.oncall import OnCallClient
 from incident_app.repository import events
 from incident_app.repository import incidents as repo
-from incident_app.store import FirstContact, Store
+from incident_app.store import Attach, FirstContact, Store
 
 log = logging.getLogger(__name__)
 
-_ID_ATTEMPTS = 5
+# Rounds per create. One goes round again after an id collision (rare) or, with a dedup_key, when its
+# grouping found no unresolved incident and its insert found the key taken: another create opened the
+# incident in between, and the next round groups into it (more rounds only if it is resolved meanwhile).
+_ATTEMPTS = 5
 
 
 def new_incident_id() -> str:
@@ -50,6 +56,16 @@ class Stored:
     alerts: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Grouped:
+    """A create folded into the unresolved incident of its `dedup_key` (committed): the incident, its
+    alerts, and the notification of the severity it raised (not yet tried), if it raised it."""
+
+    row: Row
+    alerts: list[dict[str, Any]]
+    raised: Pending | None
+
+
 class IncidentOpening:
     def __init__(
         self, *, store: Store, oncall: OnCallClient, outbox: NotificationOutbox, metrics: IncidentMetrics,
@@ -65,12 +81,21 @@ class IncidentOpening:
         self.oncall_lookup_bound = oncall_lookup_bound
 
     def store_new(
-        self, *, alert_ids: Sequence[uuid.UUID] = (), attach: Callable[[Connection, uuid.UUID], None] | None = None,
-        **fields: Any,
-    ) -> Stored:
-        """The first commit, with `attach` (an Idempotency-Key) in its transaction when given."""
+        self, *, alert_ids: Sequence[uuid.UUID] = (), attach: Attach | None = None, **fields: Any,
+    ) -> Stored | Grouped:
+        """The first commit, with `attach` (an Idempotency-Key) in its transaction when given.
+
+        With a `dedup_key`, the create is first folded into the unresolved incident that has it (in a
+        storm, what almost every request does); when there is none it inserts, and the partial unique
+        index decides: an insert another create beat to the key is skipped, and folded into that
+        incident instead, in the next round (_ATTEMPTS)."""
         now = self.clock()
-        for attempt in range(1, _ID_ATTEMPTS + 1):
+        dedup_key = fields.get("dedup_key")
+        for attempt in range(1, _ATTEMPTS + 1):
+            if dedup_key is not None:
+                grouped = self._group(fields, alert_ids, now, attach)
+                if grouped is not None:
+                    return grouped
             new, pending = self._new_incident(fields, alert_ids, now)
             try:
                 if attach is None:
@@ -80,13 +105,59 @@ class IncidentOpening:
             except sa.exc.IntegrityError:
                 # 64 random bits: a collision is rare, and is met with a new id, never a 500. (In a
                 # group commit, every create of the statement tries again, each with a new id.)
-                if attempt == _ID_ATTEMPTS:
+                if attempt == _ATTEMPTS:
                     raise
                 log.warning("incident id collision, retrying", extra={"attempt": attempt})
                 continue
-            alerts = self.store.new_links(row.id, alert_ids, now) if alert_ids else []
-            return Stored(row, pending, alerts)
-        raise AssertionError("unreachable")
+            if row is not None:
+                alerts = self.store.new_links(row.id, alert_ids, now) if alert_ids else []
+                return Stored(row, pending, alerts)
+        raise DedupKeyContended()
+
+    def _group(
+        self, fields: dict[str, Any], alert_ids: Sequence[uuid.UUID], now: datetime, attach: Attach | None
+    ) -> Grouped | None:
+        severity = fields["severity"]
+        details = {"title": fields["title"], "severity": severity, "alert_ids": [str(a) for a in alert_ids]}
+        found = self.store.group_into(fields["dedup_key"], now=now, alert_ids=alert_ids, details=details,
+                                      attach=attach)
+        if found is None:
+            return None
+        row, alerts = found
+        if not lifecycle.more_severe(severity, row.severity):
+            return Grouped(row, alerts, None)
+        row, raised = self._raise(row, severity, now)
+        return Grouped(row, alerts, raised)
+
+    def _raise(self, row: Row, severity: str, now: datetime) -> tuple[Row, Pending | None]:
+        """Raise the incident to `severity`, with its `severity_raised` event and a notification of the
+        new severity to its assignee, unless a concurrent request raised it as far already (or it was
+        resolved meanwhile): decided with the row locked, so each raise happens once."""
+        raised: list[Pending] = []
+
+        def change(locked: Row) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]] | None:
+            if locked.status == lifecycle.Status.RESOLVED or not lifecycle.more_severe(severity, locked.severity):
+                return None
+            timeline = [events.event(locked.id, "severity_raised", at=now,
+                                     details={"from": locked.severity, "to": severity})]
+            pending, notification = self.outbox.prepare(
+                incident_pk=locked.id, incident_id=locked.incident_id, severity=severity,
+                engineer=locked.assigned_to or locked.service,
+                message=notification_message(**{**locked._mapping, "severity": severity}), now=now,
+            )
+            raised.append(pending)
+            return {"severity": severity, "updated_at": now}, timeline, notification
+
+        row = self.store.raise_severity(row.id, change)
+        return row, raised[0] if raised else None
+
+    def announce_grouped(self, grouped: Grouped) -> Row:
+        """After a grouping's commit: count it and, when it raised the severity, notify the assignee
+        (the service when nobody is assigned) again; nobody is asked who is on call."""
+        self.metrics.incident_grouped(grouped.row.severity)
+        if grouped.raised is not None:
+            self.outbox.deliver(grouped.raised)
+        return grouped.row
 
     def _new_incident(
         self, fields: dict[str, Any], alert_ids: Sequence[uuid.UUID], now: datetime

@@ -37,6 +37,7 @@ class Reservation:
 @dataclass(frozen=True)
 class Replay:
     incident_pk: uuid.UUID
+    grouped: bool  # the first request was folded into the incident (200) rather than opening it (201)
 
 
 class IdempotencyKeys:
@@ -58,7 +59,7 @@ class IdempotencyKeys:
                 raise IdempotencyKeyReused()
             stale = now - row.reserved_at > self.in_flight_for
             if row.incident_id is not None and (row.completed_at is not None or stale):
-                return Replay(row.incident_id)
+                return Replay(row.incident_id, row.grouped)
             if row.incident_id is None and stale:
                 return self._take_over(conn, key, fingerprint, now, exists=True)
             raise IdempotencyKeyInFlight()
@@ -70,10 +71,10 @@ class IdempotencyKeys:
             keys.take_over(conn, key, fingerprint, now=now, expires_at=now + KEEP_FOR)
         return Reservation(key, now)
 
-    def attach(self, conn: Connection, reservation: Reservation, incident_pk: uuid.UUID) -> None:
-        """In the creating transaction: the key now names the incident, or the creation is undone."""
+    def attach(self, conn: Connection, reservation: Reservation, incident_pk: uuid.UUID, grouped: bool) -> None:
+        """In the creating (or grouping) transaction: the key now names the incident, or the write is undone."""
         if not keys.attach_incident(conn, reservation.key, reserved_at=reservation.reserved_at,
-                                    incident_pk=incident_pk):
+                                    incident_pk=incident_pk, grouped=grouped):
             raise IdempotencyKeyInFlight()
 
     def complete(self, reservation: Reservation) -> None:

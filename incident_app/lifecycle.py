@@ -27,6 +27,12 @@ SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 UNRESOLVED: tuple[str, ...] = (Status.OPEN.value, Status.ACKNOWLEDGED.value)
 
+
+def more_severe(severity: str, than: str) -> bool:
+    """Whether `severity` ranks above `than` (critical > high > medium > low): a grouped request
+    raises its incident only then."""
+    return SEVERITIES.index(severity) < SEVERITIES.index(than)
+
 # to → the statuses it may be reached from.
 _ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     Status.ACKNOWLEDGED.value: (Status.OPEN.value,),

@@ -65,6 +65,10 @@ class IncidentMetrics:
             "incident_escalations_total", "Escalations of incidents left open, by severity.",
             ["severity"], registry=registry,
         )
+        self.grouped_total = Counter(
+            "incidents_grouped_total", "Creates folded into an unresolved incident of their dedup_key, by the "
+            "incident's severity after grouping.", ["severity"], registry=registry,
+        )
         self._create_every_series()
 
     def _create_every_series(self) -> None:
@@ -77,11 +81,15 @@ class IncidentMetrics:
             self.mtta.labels(severity=severity)
             self.mttr.labels(severity=severity)
             self.escalations_total.labels(severity=severity)
+            self.grouped_total.labels(severity=severity)
         for outcome in ("sent", "failed"):
             self.notifications_total.labels(channel=CHANNEL, status=outcome)
 
     def incident_opened(self, severity: str) -> None:
         self.incidents_total.labels(status="open", severity=severity).inc()
+
+    def incident_grouped(self, severity: str) -> None:
+        self.grouped_total.labels(severity=severity).inc()
 
     def status_changed(self, transition: Transition, severity: str, seconds_since_creation: float) -> None:
         self.incidents_total.labels(status=transition.to_status, severity=severity).inc()

@@ -99,6 +99,14 @@ class IncidentCreateSchema(ma.Schema):
         metadata={"description": f"Up to {MAX_ALERT_IDS} distinct alert ids; duplicates are collapsed."},
     )
 
+    dedup_key = Text(
+        allow_none=True, strip=True, validate=validate.Length(1, 255),
+        metadata={"description": "1–255 characters after trimming; null is the same as absent. While an "
+                                 "unresolved incident has this key, the create is folded into it (200, "
+                                 "`Incident-Grouped: true`) instead of opening another.",
+                  "example": "payment-api/error-rate"},
+    )
+
     @ma.validates("alert_ids")
     def _at_most_100_alerts(self, value: list, **_: Any) -> None:
         if len(set(value)) > MAX_ALERT_IDS:
@@ -107,6 +115,8 @@ class IncidentCreateSchema(ma.Schema):
     @ma.post_load
     def _collapse_duplicates(self, data: dict, **_: Any) -> dict:
         data["alert_ids"] = list(dict.fromkeys(data["alert_ids"]))
+        if data.get("dedup_key", "") is None:
+            del data["dedup_key"]
         return data
 
 
@@ -159,6 +169,8 @@ class IncidentListQuerySchema(ma.Schema):
     status = status_field()
     severity = severity_field()
     service = Text(validate=validate.Length(1, 255))
+    dedup_key = Text(strip=True, validate=validate.Length(1, 255),
+                     metadata={"description": "Exact match, after trimming; resolved incidents included."})
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
 
@@ -246,7 +258,7 @@ class IncidentPageSchema(ma.Schema):
 
 EVENT_TYPES = (
     "created", "assigned", "notified", "notification_failed", "acknowledged", "escalated", "reassigned",
-    "note_added", "resolved", "alerts_linked",
+    "note_added", "resolved", "alerts_linked", "alert_grouped", "severity_raised",
 )
 
 

@@ -19,7 +19,7 @@ from incident_app import lifecycle
 from incident_app.analytics_cache import AnalyticsCache
 from incident_app.documents import Page, incident_document
 from incident_app.errors import IncidentNotFound, NothingToUpdate
-from incident_app.flows import IncidentOpening
+from incident_app.flows import Grouped, IncidentOpening
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
 from incident_app.patches import UNSET, Change, Patch
@@ -28,7 +28,7 @@ from incident_app.repository import events
 from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
 from incident_app.repository.pages import ListFilters
-from incident_app.store import Store
+from incident_app.store import Attach, Store
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ class Update:
 
 @dataclass(frozen=True)
 class Created:
-    """A creation's answer. `replayed`: an Idempotency-Key retry, answered with the first incident."""
+    """A creation's answer. `grouped`: folded into the unresolved incident of its dedup_key, none
+    opened. `replayed`: an Idempotency-Key retry, answered as the first request was."""
 
     incident: dict[str, Any]
     replayed: bool = False
+    grouped: bool = False
 
 
 # Optimistic writes of a PATCH before it locks the row instead; each lost one means another request
@@ -81,12 +83,13 @@ class IncidentService:
 
     def create_incident(self, *, idempotency_key: str | None = None, **fields: Any) -> Created:
         """Open an incident: store it (the first commit), then the flow that assigns and notifies
-        (flows.IncidentOpening). With an Idempotency-Key, a retry replays the first incident."""
+        (flows.IncidentOpening); or, with the `dedup_key` of an unresolved incident, fold it into that
+        one. With an Idempotency-Key, a retry replays the first answer."""
         reservation: Reservation | None = None
         if idempotency_key is not None:
             claim = self.idempotency.reserve(idempotency_key, request_fingerprint(fields))
             if isinstance(claim, Replay):
-                return Created(self._replayed(claim), replayed=True)
+                return Created(self._replayed(claim), replayed=True, grouped=claim.grouped)
             reservation = claim
         try:
             attach = None if reservation is None else self._attacher(reservation)
@@ -95,14 +98,15 @@ class IncidentService:
             if reservation is not None:
                 self._release_quietly(reservation)
             raise
-        row = self.opening.assign_and_notify(stored)
+        grouped = isinstance(stored, Grouped)
+        row = self.opening.announce_grouped(stored) if grouped else self.opening.assign_and_notify(stored)
         # Until here a retry with the same key is told the first is still in flight (409).
         if reservation is not None:
             self._complete_quietly(reservation)
-        return Created(self._document(row, stored.alerts))
+        return Created(self._document(row, stored.alerts), grouped=grouped)
 
-    def _attacher(self, reservation: Reservation) -> Callable[[Connection, uuid.UUID], None]:
-        return lambda conn, incident_pk: self.idempotency.attach(conn, reservation, incident_pk)
+    def _attacher(self, reservation: Reservation) -> Attach:
+        return lambda conn, incident_pk, grouped: self.idempotency.attach(conn, reservation, incident_pk, grouped)
 
     def _replayed(self, replay: Replay) -> dict[str, Any]:
         with self.store.reading() as conn:

@@ -41,15 +41,20 @@ def prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {prefix + name: value for name, value in values.items()}
 
 
-def unnest_arrays(columns: Mapping[str, Any], prefix: str, name: str | None = None) -> sa.TableValuedAlias:
+def unnest_arrays(
+    columns: Mapping[str, Any], prefix: str, name: str | None = None, *, ordinality: str | None = None
+) -> sa.TableValuedAlias:
     """PostgreSQL: rows given as one array per column (`arrays` makes them), `columns` mapping each
-    column's name to its type, bound as `prefix` + name: one statement, built once, for any number."""
+    column's name to its type, bound as `prefix` + name: one statement, built once, for any number.
+    `ordinality` names a column numbering the rows from 1, in the arrays' order."""
     def array(type_: Any) -> postgresql.ARRAY[Any]:
         # dimensions=1: a JSON value that is a list is one element, not a further dimension.
         return postgresql.ARRAY(postgresql.JSONB() if isinstance(type_, sa.JSON) else type_, dimensions=1)
 
     values = sa.func.unnest(*(sa.bindparam(prefix + column, type_=array(type_)) for column, type_ in columns.items()))
-    return values.table_valued(*(sa.column(column, type_) for column, type_ in columns.items())).render_derived(name)
+    table = values.table_valued(*(sa.column(column, type_) for column, type_ in columns.items()),
+                                with_ordinality=ordinality)
+    return table.render_derived(name)
 
 
 def insert_arrays(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:

@@ -206,6 +206,33 @@ incident_events.append_column(
 )
 sa.Index("ix_incident_events_xact_id_id", incident_events.c.xact_id, incident_events.c.id)
 
+# ----------------------------------------------------------------------------- alert grouping (0006)
+
+incidents.append_column(sa.Column(
+    "dedup_key", sa.String(255),
+    info={"description": "Groups alerts of one problem: while this incident is unresolved, a create with the "
+                         "same key is folded into it.", "example": "payment-api/error-rate"},
+))
+incidents.append_column(sa.Column(
+    "grouped_count", sa.Integer(), nullable=False, server_default="0",
+    info={"description": "How many creates were folded into this incident (its first not counted)."},
+))
+incidents.append_column(sa.Column("last_grouped_at", UTCDateTime(),
+                                  info={"description": "When a create was last folded into it."}))
+
+# Unresolved incidents, as the partial unique index below states it: an ON CONFLICT naming the index
+# must repeat its predicate, so both take this one text (migration 0006 writes it too).
+UNRESOLVED = sa.text("status <> 'resolved'")
+# One unresolved incident per key: of concurrent creates with one key, the database lets one insert.
+sa.Index("uq_incidents_dedup_key_unresolved", incidents.c.dedup_key, unique=True,
+         postgresql_where=UNRESOLVED, sqlite_where=UNRESOLVED)
+sa.Index("ix_incidents_dedup_key_created_at", incidents.c.dedup_key, incidents.c.created_at.desc(),
+         incidents.c.incident_id.desc())
+
+idempotency_keys.append_column(sa.Column(
+    "grouped", sa.Boolean(), nullable=False, server_default=sa.false(),
+))
+
 # ----------------------------------------------------------------------------- analytics (0008)
 
 

@@ -154,6 +154,18 @@ def test_targets_are_judged_against_the_ceiling():
     assert by_name["analytics_cold_since_32"].connections == 32 and by_name["analytics_cold_since"].connections == 1
 
 
+@pytest.mark.parametrize("incidents, pages, met", [(20, 20, True), (21, 21, False), (20, 23, False)])
+def test_the_storm_is_judged_by_its_speed_against_creates_and_by_one_incident_and_page_per_key(incidents, pages,
+                                                                                                met):
+    storm = {s.name: s for s in run.scenarios(100_000, run.datetime.now(run.UTC))}["storm"]
+    result = {"rps": 500.0, "p50_ms": 20.0, "p99_ms": 80.0, "errors": 0}
+    run.judge(storm, result, {"create": {"rps": 400.0}}, 100_000)
+    run.judge_storm(result, incidents, pages)
+    assert result["ratio"] == 1.25
+    assert result["met"] is met
+    assert f"{incidents} incidents and {pages} pages" in result["note"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/run installs it)")
 def test_a_tiny_run_writes_results_with_no_errors(postgres_available, tmp_path):

@@ -44,7 +44,7 @@ def test_create_response_has_exactly_the_contract_fields(client):
     assert set(incident) == {
         "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
         "alerts", "alert_ids", "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds",
-        "mttr_seconds", "escalation_level", "escalated_at",
+        "mttr_seconds", "escalation_level", "escalated_at", "dedup_key", "grouped_count", "last_grouped_at",
     }
 
 

@@ -5,6 +5,7 @@ These tests fail when a field is added in one place only, or when two formatters
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -109,3 +110,24 @@ def test_nullable_columns_are_nullable_fields_and_the_others_required():
 def test_a_column_with_no_document_form_is_refused_at_import():
     with pytest.raises(TypeError, match="no document form"):
         documents._kind(sa.Column("extra", sa.JSON()))
+
+
+ALERT_IDS = ["3fa85f64-5717-4562-b3fc-2c963f66afa6", "9b2e4c1a-0f5d-4e3b-8a7c-1d2e3f4a5b6c"]
+
+
+@pytest.mark.parametrize("enriched", [False, True])
+def test_created_incident_is_the_declared_schemas_dump(client, app, create_incident, enriched):
+    """The create's answer is written from FIELDS (documents.incident_json), alerts and all: the
+    body IncidentSchema would dump, bare links or with the platform's alert fields and a null."""
+    created = create_incident(alert_ids=ALERT_IDS)
+    with app.extensions["engine"].connect() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.incident_id == created["incident_id"])).one()
+    linked = [{**alert, "alert_id": uuid.UUID(alert["alert_id"]),
+               "linked_at": datetime.fromisoformat(alert["linked_at"])} for alert in created["alerts"]]
+    assert created == schemas.IncidentSchema().dump(documents.incident_document(row, linked))
+    alerts = [{**alert, "linked_at": T0} for alert in linked]
+    if enriched:
+        alerts[0].update(service="payment-api", severity="high", message=None, timestamp=T0)
+        alerts[1].update(service="search", severity="low", message='"quoted" ✓', timestamp=None)
+    document = documents.incident_document(row, alerts)
+    assert documents.incident_json(document) == schemas.IncidentSchema().dump(document)

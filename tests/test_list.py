@@ -12,6 +12,7 @@ SUMMARY_FIELDS = {
     "id", "incident_id", "title", "description", "service", "severity", "status", "assigned_to", "notes",
     "created_at", "acknowledged_at", "resolved_at", "updated_at", "mtta_seconds", "mttr_seconds",
     "escalation_level", "escalated_at",  # contract section 6
+    "dedup_key", "grouped_count", "last_grouped_at",  # contract section 8
 }
 
 

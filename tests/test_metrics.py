@@ -49,6 +49,7 @@ def test_every_series_exists_at_zero_before_the_first_event(client):
         ("incidents", [{"status": t, "severity": s} for t in STATUSES for s in SEVERITIES]),
         ("oncall_notifications_sent", [{"channel": "mock", "status": t} for t in ("sent", "failed")]),
         ("incident_escalations", [{"severity": s} for s in SEVERITIES]),
+        ("incidents_grouped", [{"severity": s} for s in SEVERITIES]),
     ):
         samples = [s for s in found[name].samples if s.name.endswith("_total")]
         assert sorted((sorted(s.labels.items()), s.value) for s in samples) == sorted(

@@ -66,6 +66,9 @@ def test_every_api_example_of_the_readme_works_as_pasted(service):
             output = output[:output.index("# HELP")]
         documents = json_documents(output)
         assert documents, block
+        if '"dedup_key"' in block:  # Alert grouping: the first create opens, the next ones are grouped
+            assert documents[:3] == [{"status": 201, "grouped": ""}, *[{"status": 200, "grouped": "true"}] * 2]
+            assert documents[3]["total"] == 1 and documents[3]["incidents"][0]["grouped_count"] == 2
         errors = [d for d in documents if isinstance(d, dict) and isinstance(d.get("code"), int) and d["code"] >= 400]
         # A wrong id would be a 404 here: the blocks that use $id reached the incident the first made.
         assert errors == [], block

@@ -232,22 +232,72 @@ def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, cl
     assert states == [("sent", 2, "alice@example.com")] * 3
 
 
+def new_incident(i: int, alert_count: int, dedup_key: str | None = None) -> repo.NewIncident:
+    """A create's rows as the flow makes them: `inc-<i>`, with `alert_count` alerts and payload {"n": i}."""
+    now = datetime.now(UTC)
+    pk, alert_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(alert_count)]
+    values = {**NEW, "title": f"storm {i}", "id": pk, "incident_id": f"inc-{i:016x}", "status": "open",
+              "notes": [], "created_at": now, "updated_at": now, "dedup_key": dedup_key}
+    timeline = [events.event(pk, "created", at=now, details={"title": values["title"]})]
+    if alert_ids:
+        linked = {"alert_ids": [str(a) for a in alert_ids]}
+        timeline.append(events.event(pk, "alerts_linked", at=now, details=linked))
+    notification = outbox_queue.new_row(notification_id=uuid.uuid4(), incident_pk=pk, payload={"n": i}, now=now,
+                                        first_attempt_at=now)
+    return repo.NewIncident(values, repo.links(pk, alert_ids, now), timeline, notification)
+
+
+def test_a_batch_with_taken_dedup_keys_stores_the_others_in_one_statement(app, client, sent):
+    """A key an unresolved incident has, or one an earlier row of the same batch takes, skips only
+    that create (None): nothing of it is written, and every other create of the batch is stored."""
+    existing = client.post("/api/v1/incidents", json={**NEW, "dedup_key": "taken"}).json
+    keys = ["taken", "a", None, "a", "b", "taken", None]
+    new = [new_incident(i, 2, key) for i, key in enumerate(keys)]
+    sent.clear()
+    rows = app.extensions["store"].insert_many(new)
+    assert sent == [("WITH", True)]
+    assert [row.incident_id if row else None for row in rows] == [
+        None, "inc-0000000000000001", "inc-0000000000000002", None, "inc-0000000000000004", None,
+        "inc-0000000000000006",
+    ]
+    skipped = [incident.values["id"] for incident, row in zip(new, rows, strict=True) if row is None]
+    engine = app.extensions["engine"]
+    with engine.connect() as conn:
+        for table in (tables.incidents, tables.incident_alerts, tables.incident_events, tables.notification_outbox):
+            pk = table.c.id if table is tables.incidents else table.c.incident_id
+            assert conn.execute(sa.select(sa.func.count()).where(pk.in_(skipped))).scalar_one() == 0, table.name
+    for row in filter(None, rows):
+        timeline = client.get(f"/api/v1/incidents/{row.incident_id}/events").json["events"]
+        assert [e["type"] for e in timeline] == ["created", "alerts_linked"]
+        assert len(client.get(f"/api/v1/incidents/{row.incident_id}").json["alert_ids"]) == 2
+    assert client.get("/api/v1/incidents?dedup_key=taken").json["incidents"][0]["incident_id"] == (
+        existing["incident_id"])
+
+
+def test_grouped_create_is_one_statement_then_its_alerts_read(client, sent, oncall, notifier):
+    """Counted with its links and event in one statement that commits by itself (the incident's row
+    is locked for that statement alone), then the incident's alerts read for the answer."""
+    client.post("/api/v1/incidents", json={**NEW, "dedup_key": "k"})
+    sent.clear()
+    grouped = client.post("/api/v1/incidents", json={**NEW, "dedup_key": "k", "alert_ids": [str(uuid.uuid4())]})
+    assert grouped.status_code == 200
+    assert executed(sent) == [("WITH", True), ("SELECT", True)]
+
+
+def test_first_create_of_a_key_tries_to_group_then_inserts(client, sent, oncall, notifier):
+    """The grouping finds no incident (one statement, nothing written); then the create as without a key."""
+    without_key = client.post("/api/v1/incidents", json=NEW)
+    first_of_key = executed(sent)
+    sent.clear()
+    assert without_key.status_code == 201
+    assert client.post("/api/v1/incidents", json={**NEW, "dedup_key": "k"}).status_code == 201
+    assert executed(sent) == [("WITH", True), *first_of_key]
+
+
 def test_new_incidents_of_several_creates_are_stored_in_one_statement(app, client, sent):
     """The group commit's first statement (incidents.insert_many), for several incidents:
     each with its own links, timeline (in order) and notification."""
-    now = datetime.now(UTC)
-    new = []
-    for i, alert_count in enumerate((0, 1, 3)):
-        pk, alert_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(alert_count)]
-        values = {**NEW, "title": f"storm {i}", "id": pk, "incident_id": f"inc-{i:016x}", "status": "open",
-                  "notes": [], "created_at": now, "updated_at": now}
-        timeline = [events.event(pk, "created", at=now, details={"title": values["title"]})]
-        if alert_ids:
-            linked = {"alert_ids": [str(a) for a in alert_ids]}
-            timeline.append(events.event(pk, "alerts_linked", at=now, details=linked))
-        notification = outbox_queue.new_row(notification_id=uuid.uuid4(), incident_pk=pk, payload={"n": i}, now=now,
-                                            first_attempt_at=now)
-        new.append(repo.NewIncident(values, repo.links(pk, alert_ids, now), timeline, notification))
+    new = [new_incident(i, alert_count) for i, alert_count in enumerate((0, 1, 3))]
     sent.clear()
     rows = app.extensions["store"].insert_many(new)
     assert sent == [("WITH", True)]

@@ -1,5 +1,4 @@
 -- PATCH status=acknowledged, each request on the next open incident of this thread's share.
-local headers = {["Content-Type"] = "application/json"}
 local body = '{"status": "acknowledged"}'
 local ids
 local sent = 0
@@ -11,5 +10,5 @@ end
 function request()
   sent = sent + 1
   -- Wrapping around would re-acknowledge (a no-op 200); run.py provisions enough and checks.
-  return wrk.format("PATCH", BENCH.path .. ids[(sent - 1) % #ids + 1], headers, body)
+  return wrk.format("PATCH", BENCH.path .. ids[(sent - 1) % #ids + 1], JSON_HEADERS, body)
 end

@@ -3,6 +3,9 @@
 
 local threads_seen = 0
 
+SEVERITIES = {"critical", "high", "medium", "low"}
+JSON_HEADERS = {["Content-Type"] = "application/json"}
+
 function setup(thread)
   thread:set("thread_index", threads_seen)
   threads_seen = threads_seen + 1

@@ -1,6 +1,4 @@
 -- POST a new incident to BENCH.path: random service and severity, one linked alert on half of them.
-local severities = {"critical", "high", "medium", "low"}
-local headers = {["Content-Type"] = "application/json"}
 
 function init(args)
   math.randomseed(BENCH.seed + thread_index)
@@ -13,6 +11,6 @@ function request()
   local body = string.format(
     '{"title": "Error rate above 5%% on svc-%02d", "service": "svc-%02d", "severity": "%s", ' ..
     '"description": "Raised by the load benchmark.", "alert_ids": [%s]}',
-    n, n, severities[math.random(#severities)], alerts)
-  return wrk.format("POST", BENCH.path, headers, body)
+    n, n, SEVERITIES[math.random(#SEVERITIES)], alerts)
+  return wrk.format("POST", BENCH.path, JSON_HEADERS, body)
 end

@@ -1,5 +1,4 @@
 -- PATCH a note onto a random existing incident.
-local headers = {["Content-Type"] = "application/json"}
 local body = '{"note": "Mitigated by scaling out; watching the error rate.", "author": "load-benchmark"}'
 local ids
 
@@ -9,5 +8,5 @@ function init(args)
 end
 
 function request()
-  return wrk.format("PATCH", BENCH.path .. ids[math.random(#ids)], headers, body)
+  return wrk.format("PATCH", BENCH.path .. ids[math.random(#ids)], JSON_HEADERS, body)
 end

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from incident_app import schemas
+from incident_app import documents, schemas
 from incident_app.api.parsing import StrictJsonParser
 from incident_app.repository.analytics import AnalyticsFilters
 from incident_app.repository.pages import ListFilters
@@ -32,10 +33,10 @@ class Incidents(MethodView):
     def get(self, query: dict[str, Any]):
         """List incidents, newest first
 
-        Filter by `status`, `severity` and `service` (exact match); page with `limit` and `offset`.
+        Filter by `status`, `severity`, `service` and `dedup_key` (exact match); page with `limit` and `offset`.
         `total` counts every incident that matches the filters.
         """
-        filters = ListFilters(status=query.get("status"), severity=query.get("severity"), service=query.get("service"))
+        filters = ListFilters(**{name: query.get(name) for name in ("status", "severity", "service", "dedup_key")})
         page = incidents_service().list_incidents(filters, limit=query["limit"], offset=query["offset"])
         # The store wrote the body from the declaration IncidentPageSchema is made of: sent as it is.
         return current_app.response_class(page.body, mimetype="application/json")
@@ -52,21 +53,47 @@ class Incidents(MethodView):
             },
         },
     )
+    @blp.alt_response(
+        200, schema=schemas.IncidentSchema, success=True,
+        description="Grouped: an unresolved incident has this `dedup_key`, and the create was folded into it "
+                    "(its alerts linked, `grouped_count` + 1, its severity raised if this one is more severe). "
+                    "Nobody is paged, unless the severity rose.",
+        headers={
+            "Location": {"description": "The incident's URL.", "schema": {"type": "string"}},
+            "Incident-Grouped": {"description": "`true`: no incident was opened.",
+                                 "schema": {"type": "string", "enum": ["true"]}},
+            "Idempotent-Replayed": {
+                "description": "`true` when this answers a retry with an Idempotency-Key already used.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+    )
     @blp.alt_response(409, response="CONFLICT", description="A request with this Idempotency-Key is in flight.")
     def post(self, body: dict[str, Any], headers: dict[str, Any]):
-        """Open an incident
+        """Open an incident, or group the alert into the one of its `dedup_key`
 
         Stores the incident as `open` together with its notification, then asks the On-Call Service
         who is on call for `service`, assigns them and sends the notification to them (to the service
         name when nobody is on call). A notification the Notification Service does not accept is
         retried in the background. A peer that is down or slow never fails the creation.
+
+        With a `dedup_key` that an unresolved incident has, no incident is opened: the body's
+        `alert_ids` are linked to that one, an `alert_grouped` event records the request, and the
+        answer is 200 with `Incident-Grouped: true`. A more severe request raises the incident's
+        severity (`severity_raised`) and notifies its assignee again. Of concurrent creates with one
+        key exactly one opens the incident (201); the others are grouped into it (200).
         """
         created = incidents_service().create_incident(idempotency_key=headers.get("idempotency_key"), **body)
         location = url_for("incidents.Incident", incident_id=created.incident["incident_id"])
         response_headers = {"Location": location}
+        if created.grouped:
+            response_headers["Incident-Grouped"] = "true"
         if created.replayed:
             response_headers["Idempotent-Replayed"] = "true"
-        return created.incident, 201, response_headers
+        # The body from the declaration IncidentSchema is made of (documents.incident_json), sent as it is.
+        body = json.dumps(documents.incident_json(created.incident), separators=(",", ":"))
+        return current_app.response_class(body, status=200 if created.grouped else 201, headers=response_headers,
+                                          mimetype="application/json")
 
 
 @blp.route("/analytics")
@@ -129,8 +156,8 @@ class Timeline(MethodView):
         """The incident's timeline, oldest first
 
         `created`, `assigned`, `notified`, `notification_failed`, `acknowledged`, `escalated`,
-        `reassigned`, `note_added`, `resolved`, `alerts_linked`; each written in the transaction of
-        the change it records.
+        `reassigned`, `note_added`, `resolved`, `alerts_linked`, `alert_grouped`, `severity_raised`;
+        each written in the transaction of the change it records.
         """
         return incidents_service().timeline(incident_id)
 

@@ -28,8 +28,6 @@ HEARTBEAT_SECONDS = 15.0  # SSE comment lines through proxies and load balancers
 # A WebSocket follower is looked at this often while idle: a client gone is noticed, its messages dropped.
 WEBSOCKET_IDLE_CHECK_SECONDS = 5.0
 WEBSOCKET_PING_SECONDS = 25
-# Section 8's event types are accepted already, so a filter written for them is not refused.
-FEED_TYPES = tuple(dict.fromkeys((*schemas.EVENT_TYPES, "alert_grouped", "severity_raised")))
 
 
 class EventTypes(fields.String):
@@ -38,9 +36,9 @@ class EventTypes(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> frozenset[str]:
         text = super()._deserialize(value, attr, data, **kwargs)
         names = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(FEED_TYPES))
+        unknown = sorted(set(names) - set(schemas.EVENT_TYPES))
         if not names or unknown:
-            raise ma.ValidationError(f"Must be a comma-separated list of: {', '.join(FEED_TYPES)}.")
+            raise ma.ValidationError(f"Must be a comma-separated list of: {', '.join(schemas.EVENT_TYPES)}.")
         return frozenset(names)
 
 

@@ -33,17 +33,21 @@ def take_over(conn: Connection, key: str, request_hash: str, *, now: datetime, e
     """Start the key afresh: it expired, or its first request died before creating anything."""
     conn.execute(
         idempotency_keys.update().where(k.key == key).values(
-            request_hash=request_hash, incident_id=None, reserved_at=now, completed_at=None, expires_at=expires_at
+            request_hash=request_hash, incident_id=None, grouped=False, reserved_at=now, completed_at=None,
+            expires_at=expires_at,
         )
     )
 
 
-def attach_incident(conn: Connection, key: str, *, reserved_at: datetime, incident_pk: uuid.UUID) -> bool:
-    """Point the reservation at its incident, unless someone has taken the key over meanwhile."""
+def attach_incident(
+    conn: Connection, key: str, *, reserved_at: datetime, incident_pk: uuid.UUID, grouped: bool
+) -> bool:
+    """Point the reservation at its incident (`grouped`: the request was folded into it), unless
+    someone has taken the key over meanwhile."""
     result = conn.execute(
         idempotency_keys.update()
         .where(k.key == key, k.reserved_at == reserved_at, k.incident_id.is_(None))
-        .values(incident_id=incident_pk)
+        .values(incident_id=incident_pk, grouped=grouped)
     )
     return result.rowcount == 1
 

@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Row
 
 from incident_app.repository import events, platform_alerts
 from incident_app.repository import outbox as outbox_queue
-from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed
+from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed, unnest_arrays
 from incident_app.tables import (
+    UNRESOLVED,
     incident_alerts,
     incident_events,
     incidents,
@@ -36,22 +37,24 @@ class NewIncident:
 
 
 NEW_COLUMNS = ("id", "incident_id", "title", "description", "service", "severity", "status", "notes",
-               "created_at", "updated_at")
+               "created_at", "updated_at", "dedup_key")
 _LINK_COLUMNS = ("incident_id", "alert_id", "linked_at")
 
 
-def insert_many(conn: Connection, new: Sequence[NewIncident]) -> list[Row]:
+def insert_many(conn: Connection, new: Sequence[NewIncident]) -> list[Row | None]:
     """PostgreSQL: store new incidents with their rows in one statement for any number of them, each
     table's rows given as arrays (PostgresStore's group commit hands it the creates of the moment).
-    The stored incidents, in order."""
+    The stored incidents, in order; None for one whose `dedup_key` an unresolved incident (stored
+    before, or earlier in this batch) already has: nothing of it is written, the others are."""
     parameters = {
         **arrays([incident.values for incident in new], NEW_COLUMNS, "incident_"),
         **arrays([link for incident in new for link in incident.links], _LINK_COLUMNS, "link_"),
         **arrays([event for incident in new for event in incident.timeline], events.COLUMNS, "event_"),
         **arrays([incident.notification for incident in new], outbox_queue.ENQUEUED, "notification_"),
     }
-    stored = {row.id: row for row in conn.execute(_INSERT_NEW, parameters)}
-    return [stored[incident.values["id"]] for incident in new]
+    grouping = any(incident.values.get("dedup_key") is not None for incident in new)
+    stored = {row.id: row for row in conn.execute(_INSERT_DEDUPLICATED if grouping else _INSERT_NEW, parameters)}
+    return [stored.get(incident.values["id"]) for incident in new]
 
 
 # Links and events keep their order within each array: a timeline's serial ids follow it.
@@ -63,18 +66,138 @@ _INSERT_NEW = (
 )
 
 
-def insert_one(conn: Connection, new: NewIncident) -> Row:
-    """Store a new incident with its rows, statement by statement where they cannot be one."""
-    insert = Bound(_insert_incident(tuple(new.values)), prefixed(new.values, "incident_"))
+def _insert_deduplicated() -> sa.Select:
+    """As _INSERT_NEW, for a batch with dedup keys: an incident whose key is taken is skipped (ON
+    CONFLICT on the partial unique index, which also settles two rows of the batch with one key),
+    and only the rows of the incidents inserted follow them."""
+    rows = unnest_arrays({name: incidents.c[name].type for name in NEW_COLUMNS}, "incident_")
+    inserted = (
+        postgresql.insert(incidents).from_select(NEW_COLUMNS, sa.select(rows))
+        .on_conflict_do_nothing(index_elements=[incidents.c.dedup_key], index_where=UNRESOLVED)
+        .returning(*incidents.c)
+        .cte("inserted")
+    )
+
+    def of_inserted(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
+        given = unnest_arrays({name: table.c[name].type for name in columns}, prefix, ordinality="position")
+        kept = (
+            sa.select(*(given.c[name] for name in columns))
+            .where(given.c.incident_id.in_(sa.select(inserted.c.id)))
+            .order_by(given.c.position)  # the serial ids of a timeline follow its order
+        )
+        return table.insert().from_select(columns, kept)
+
+    return sa.select(*inserted.c).add_cte(
+        inserted,
+        of_inserted(incident_alerts, _LINK_COLUMNS, "link_").cte("links"),
+        of_inserted(incident_events, events.COLUMNS, "event_").cte("timeline"),
+        of_inserted(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"),
+    )
+
+
+_INSERT_DEDUPLICATED = _insert_deduplicated()
+
+
+def insert_one(conn: Connection, new: NewIncident) -> Row | None:
+    """Store a new incident with its rows, statement by statement; None (nothing written) when an
+    unresolved incident already has its `dedup_key`."""
+    insert = _insert_incident(tuple(new.values), conn.dialect.name)
+    row = conn.execute(insert, prefixed(new.values, "incident_")).one_or_none()
+    if row is None:
+        return None
     links = Bound(incident_alerts.insert(), list(new.links)) if new.links else None
-    (row,) = execute_together(conn, insert, links, events.insert_events(*new.timeline, dialect=conn.dialect.name),
-                              outbox_queue.enqueue(new.notification))
+    for write in (links, events.insert_events(*new.timeline, dialect=conn.dialect.name),
+                  outbox_queue.enqueue(new.notification)):
+        if write is not None:
+            write.execute(conn)
     return row
 
 
 @functools.cache
-def _insert_incident(columns: tuple[str, ...]) -> sa.Insert:
-    return incidents.insert().values(bind(incidents, columns, "incident_")).returning(*incidents.c)
+def _insert_incident(columns: tuple[str, ...], dialect: str) -> sa.Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(incidents).values(bind(incidents, columns, "incident_"))
+        .on_conflict_do_nothing(index_elements=[incidents.c.dedup_key], index_where=UNRESOLVED)
+        .returning(*incidents.c)
+    )
+
+
+def group_into(
+    conn: Connection, *, dedup_key: str, now: datetime, alert_ids: Sequence[uuid.UUID], details: Mapping[str, Any]
+) -> Row | None:
+    """Fold a create into the unresolved incident with `dedup_key`: one more grouped request, its
+    alerts linked (an alert already linked stays as it was) and its `alert_grouped` event with
+    `details`. The incident as updated, or None (nothing written) when no unresolved one has the key.
+
+    PostgreSQL: one statement (the links and the event written from the UPDATE's RETURNING), so the
+    row is locked for that statement alone; in a storm every request of a key queues on that lock."""
+    parameters = {"key": dedup_key, "now": now}
+    if conn.dialect.name != "postgresql":
+        row = conn.execute(_GROUP_INTO, parameters).one_or_none()
+        if row is not None:
+            for write in (link_bound(conn.dialect.name, row.id, alert_ids, now),
+                          events.insert_events(events.event(row.id, "alert_grouped", at=now, details=details),
+                                               dialect=conn.dialect.name)):
+                if write is not None:
+                    write.execute(conn)
+        return row
+    values = {**parameters, "grouped_alert_ids": list(alert_ids), "grouped_details": dict(details)}
+    return conn.execute(_GROUP_INTO_WITH_LINKS_AND_EVENT, values).one_or_none()
+
+
+_NOW = sa.bindparam("now", type_=incidents.c.updated_at.type)
+_GROUP_INTO = (
+    incidents.update()
+    .where(incidents.c.dedup_key == sa.bindparam("key"), incidents.c.status != "resolved")
+    .values(grouped_count=incidents.c.grouped_count + 1, last_grouped_at=_NOW, updated_at=_NOW)
+    .returning(*incidents.c)
+)
+
+
+def _group_into_with_links_and_event() -> sa.Select:
+    grouped = _GROUP_INTO.cte("grouped")
+    alert_ids = sa.func.unnest(sa.bindparam("grouped_alert_ids", type_=postgresql.ARRAY(sa.Uuid()))).table_valued(
+        sa.column("alert_id", sa.Uuid())).render_derived("given")
+    links = (
+        postgresql.insert(incident_alerts)
+        .from_select(_LINK_COLUMNS, sa.select(grouped.c.id, alert_ids.c.alert_id, _NOW).select_from(grouped)
+                     .join(alert_ids, sa.true()))
+        .on_conflict_do_nothing()
+    )
+    kind = sa.cast(sa.literal_column("'alert_grouped'"), incident_events.c.type.type)
+    details = sa.bindparam("grouped_details", type_=incident_events.c.details.type)
+    timeline = incident_events.insert().from_select(
+        events.COLUMNS, sa.select(grouped.c.id, kind, sa.null(), details, _NOW).select_from(grouped)
+    )
+    return sa.select(*grouped.c).add_cte(links.cte("links"), timeline.cte("timeline"))
+
+
+_GROUP_INTO_WITH_LINKS_AND_EVENT = _group_into_with_links_and_event()
+
+
+def locked(conn: Connection, incident_pk: uuid.UUID) -> Row | None:
+    """The incident, its row locked until the caller's transaction ends (SQLite: its write transaction)."""
+    return conn.execute(_LOCKED, {"pk": incident_pk}).one_or_none()
+
+
+_LOCKED = sa.select(*incidents.c).where(incidents.c.id == sa.bindparam("pk")).with_for_update()
+
+
+def link_bound(dialect: str, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> Bound | None:
+    """The INSERT linking alerts to an incident, an alert already linked left as it was; None for none.
+    PostgreSQL: rows as arrays, so that it runs with other writes (statements.execute_together)."""
+    rows = links(incident_pk, alert_ids, now)
+    if not rows:
+        return None
+    if dialect == "postgresql":
+        return Bound(_LINK_ARRAYS, arrays(rows, _LINK_COLUMNS, "link_"))
+    return Bound(sqlite.insert(incident_alerts).on_conflict_do_nothing(), rows)
+
+
+_LINK_ARRAYS = postgresql.insert(incident_alerts).from_select(
+    _LINK_COLUMNS, sa.select(unnest_arrays({name: incident_alerts.c[name].type for name in _LINK_COLUMNS}, "link_"))
+).on_conflict_do_nothing()
 
 
 def links(incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
@@ -175,12 +298,8 @@ def _with_events_from(update: sa.Update, event_count: int) -> sa.Select:
 
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
-    rows = links(incident_pk, alert_ids, now)
-    if not rows:
-        return 0
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(incident_alerts).values(rows).on_conflict_do_nothing()
-    return conn.execute(statement).rowcount
+    insert = link_bound(conn.dialect.name, incident_pk, list(alert_ids), now)
+    return 0 if insert is None else insert.execute(conn).rowcount
 
 
 def add_links(conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> Row:
@@ -191,11 +310,13 @@ def add_links(conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid
 
 
 def write_change(
-    conn: Connection, incident_pk: uuid.UUID, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
+    conn: Connection, incident_pk: uuid.UUID, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]],
+    *together: Bound | None,
 ) -> Row:
-    """Write a change to an incident the caller holds locked, with its events; the changed row."""
+    """Write a change to an incident the caller holds locked, with its events (and the independent
+    writes `together`, an outbox row say); the changed row."""
     update = update_incident(incident_pk, values)
-    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name))
+    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name), *together)
     return row
 
 
@@ -204,17 +325,23 @@ def linked_alerts(
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """Linked alerts per incident, oldest link first, with the alert's own fields if `enrich`
     (platform_alerts: only where that table is)."""
-    columns, source = platform_alerts.alert_selection(enrich)
-    rows = conn.execute(
-        sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
-        .select_from(source)
-        .where(incident_alerts.c.incident_id.in_(list(incident_pks)))
-        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-    ).mappings()
+    rows = conn.execute(_linked_alerts(enrich), {"incident_pks": list(incident_pks)}).mappings()
     linked: dict[uuid.UUID, list[dict[str, Any]]] = {pk: [] for pk in incident_pks}
     for row in rows:
         linked[row["linked_incident_id"]].append(platform_alerts.alert_entry(row))
     return linked
+
+
+@functools.cache
+def _linked_alerts(enrich: bool) -> sa.Select:
+    # Built once (a grouped create reads its incident's alerts, hundreds in a storm, on every request).
+    columns, source = platform_alerts.alert_selection(enrich)
+    return (
+        sa.select(incident_alerts.c.incident_id.label("linked_incident_id"), *columns)
+        .select_from(source)
+        .where(incident_alerts.c.incident_id.in_(sa.bindparam("incident_pks", expanding=True)))
+        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+    )
 
 
 @functools.cache

@@ -4,6 +4,7 @@ as the API's JSON written by PostgreSQL (PostgresStore), both from documents.FIE
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ class ListFilters:
     status: str | None = None
     severity: str | None = None
     service: str | None = None
+    dedup_key: str | None = None
 
     def clauses(self, table: sa.Table = incidents) -> list[sa.ColumnElement[bool]]:
         """Equality on each given field, on `incidents` or on a table with the same columns (incident_counts)."""
@@ -29,13 +31,19 @@ class ListFilters:
         return {name: value for name, value in vars(self).items() if value is not None}
 
 
+def _total(equal: Callable[[sa.Table], list[sa.ColumnElement[bool]]], filtered_on: Iterable[str]) -> sa.Select:
+    """The number of incidents matching the filters: the triggers' counts (a few rows to sum instead
+    of up to every matching incident), unless a filter is one they do not count by (dedup_key: the
+    few incidents of one key are counted from its index)."""
+    if set(filtered_on) <= set(incident_counts.c.keys()):
+        return sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
+    return sa.select(sa.func.count()).select_from(incidents).where(*equal(incidents))
+
+
 def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset: int) -> tuple[list[Row], int]:
-    """A page, newest first, and the number of incidents matching the filters, in one statement (one
-    snapshot). The total is the triggers' counts, not a count(*): a few rows to sum instead of up to
-    every matching incident."""
-    counted = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(
-        *filters.clauses(incident_counts)
-    )
+    """A page, newest first, and the number of incidents matching the filters (`_total`), in one
+    statement (one snapshot)."""
+    counted = _total(filters.clauses, filters.given())
     page = conn.execute(
         sa.select(*incidents.c, counted.scalar_subquery().label("total"))
         .where(*filters.clauses())
@@ -88,7 +96,7 @@ def page_json(filtered_on: tuple[str, ...]) -> sa.Select:
     # The RFC 3339 text of a time in UTC sorts as the time does, byte by byte.
     newest_item_first = (item.c.created_at.collate("C").desc(), item.c.incident_id.desc())
     items = sa.func.json_agg(postgresql.aggregate_order_by(item.table_valued(), *newest_item_first))
-    total = sa.select(sa.func.coalesce(sa.func.sum(incident_counts.c.count), 0)).where(*equal(incident_counts))
+    total = _total(equal, filtered_on)
     pairs = {
         "incidents": sa.func.coalesce(items, sa.literal_column("'[]'::json")),
         "total": total.scalar_subquery(),

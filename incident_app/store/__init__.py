@@ -23,7 +23,10 @@ from incident_app.repository.first_contacts import FirstContact
 from incident_app.repository.pages import ListFilters
 from incident_app.transactions import reading, single_statement, transaction
 
-__all__ = ["FirstContact", "Store", "open_store"]
+__all__ = ["Attach", "FirstContact", "Store", "open_store"]
+
+# Names the incident a create stored or was grouped into (True) in an Idempotency-Key, in its transaction.
+Attach = Callable[[Connection, uuid.UUID, bool], None]
 
 
 class Store(abc.ABC):
@@ -48,20 +51,52 @@ class Store(abc.ABC):
 
     # ------------------------------------------------------------------ creates
 
-    def insert_new(self, new: repo.NewIncident) -> Row:
-        """Store a new incident with its links, timeline and notification: its first commit."""
+    def insert_new(self, new: repo.NewIncident) -> Row | None:
+        """Store a new incident with its links, timeline and notification: its first commit. None
+        (nothing stored) when an unresolved incident has its `dedup_key` already."""
         with self.single_statement() as conn:
             return self._insert(conn, new)
 
-    def insert_new_reserved(self, new: repo.NewIncident, *, attach: Callable[[Connection, uuid.UUID], None]) -> Row:
+    def insert_new_reserved(self, new: repo.NewIncident, *, attach: Attach) -> Row | None:
         """As `insert_new`, with `attach` (an Idempotency-Key naming it) in the same transaction."""
         with self.writing() as conn:
             row = self._insert(conn, new)
-            attach(conn, row.id)
+            if row is not None:
+                attach(conn, row.id, False)
             return row
 
-    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row:
+    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row | None:
         return repo.insert_one(conn, new)
+
+    def group_into(
+        self, dedup_key: str, *, now: datetime, alert_ids: Sequence[uuid.UUID], details: dict[str, Any],
+        attach: Attach | None,
+    ) -> tuple[Row, list[dict[str, Any]]] | None:
+        """Fold a create into the unresolved incident with `dedup_key` (repository.incidents.group_into),
+        with `attach` (an Idempotency-Key) in its transaction when given. The incident and its
+        alerts, or None (nothing written) when no unresolved incident has the key."""
+        with self.writing() if attach is not None else self.single_statement() as conn:
+            row = repo.group_into(conn, dedup_key=dedup_key, now=now, alert_ids=alert_ids, details=details)
+            if row is None:
+                return None
+            if attach is not None:
+                attach(conn, row.id, True)
+            # The alerts alone: GET one's read repeats the incident's columns on each alert's row.
+            return row, self.linked_alerts(conn, row.id)
+
+    def raise_severity(
+        self, incident_pk: uuid.UUID, change: Callable[[Row], tuple[dict[str, Any], list[dict[str, Any]],
+                                                                      dict[str, Any]] | None],
+    ) -> Row:
+        """Decide with the incident's row locked whether to raise its severity: `change` gives the values,
+        events and outbox row of the raise, or None; written in the same transaction. The incident."""
+        with self.writing() as conn:
+            row = repo.locked(conn, incident_pk)
+            raised = change(row)
+            if raised is None:
+                return row
+            values, timeline, notification = raised
+            return repo.write_change(conn, row.id, values, timeline, outbox_queue.enqueue(notification))
 
     def new_links(self, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> list[dict[str, Any]]:
         """The links a create just made, as `linked_alerts` would read them (same time, so by alert id)."""

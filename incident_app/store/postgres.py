@@ -42,15 +42,15 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ creates
 
-    def insert_new(self, new: repo.NewIncident) -> Row:
+    def insert_new(self, new: repo.NewIncident) -> Row | None:
         return self._creations.submit(new)
 
-    def insert_many(self, new: list[repo.NewIncident]) -> list[Row]:
+    def insert_many(self, new: list[repo.NewIncident]) -> list[Row | None]:
         """Store new incidents in one statement (the group commit's write)."""
         with self.single_statement() as conn:
             return repo.insert_many(conn, new)
 
-    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row:
+    def _insert(self, conn: Connection, new: repo.NewIncident) -> Row | None:
         (row,) = repo.insert_many(conn, [new])
         return row
 

@@ -1,0 +1,252 @@
+"""Alert grouping (contract 8), on both backends: a create with the dedup_key of an unresolved
+incident is folded into it (200, `Incident-Grouped: true`, no page), severity only rises and pages
+again, a resolved incident frees its key, a replay answers as the first request did, lists filter
+by the key, and a bad key is a 422. Concurrency through real gunicorn is in test_grouping_replicas.py."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support.incidents import URL, VALID
+from tests.test_metrics import families, open_counts
+from tests.test_stream import follow
+
+NOTIFY = "/api/v1/notify"
+ONCALL = "/api/v1/oncall/current"
+KEY = "payment-api/error-rate"
+
+
+def alert(client, *, key=KEY, headers=None, **fields):
+    return client.post(URL, json={**VALID, "dedup_key": key, **fields}, headers=headers or {})
+
+
+def events_of(client, incident_id):
+    return client.get(f"{URL}/{incident_id}/events").get_json()["events"]
+
+
+def grouped_total(client) -> dict[str, float]:
+    return {s.labels["severity"]: s.value for s in families(client)["incidents_grouped"].samples
+            if s.name.endswith("_total")}
+
+
+def test_first_create_with_a_key_opens_an_incident_that_shows_its_key(client):
+    response = alert(client, key="  payment-api/error-rate ")
+    assert response.status_code == 201
+    assert "Incident-Grouped" not in response.headers
+    incident = response.get_json()
+    assert incident["dedup_key"] == KEY, "trimmed"
+    assert incident["grouped_count"] == 0 and incident["last_grouped_at"] is None
+
+
+def test_create_with_the_key_of_an_unresolved_incident_is_grouped_into_it(client, oncall, notifier):
+    first = alert(client).get_json()
+    alert_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    response = alert(client, title="Payment API still failing", alert_ids=alert_ids)
+    assert response.status_code == 200
+    assert response.headers["Incident-Grouped"] == "true"
+    assert response.headers["Location"] == f"{URL}/{first['incident_id']}"
+    grouped = response.get_json()
+    assert grouped["incident_id"] == first["incident_id"]
+    assert grouped["title"] == first["title"], "the incident keeps its own title"
+    assert grouped["grouped_count"] == 1 and grouped["last_grouped_at"] is not None
+    assert sorted(grouped["alert_ids"]) == sorted(alert_ids)
+    assert client.get(f"{URL}/{first['incident_id']}").get_json() == grouped
+    assert client.get(URL).get_json()["total"] == 1
+    assert len(oncall.requests_to(ONCALL)) == 1 and len(notifier.requests_to(NOTIFY)) == 1, "nobody paged again"
+    grouped_event = events_of(client, first["incident_id"])[-1]
+    assert grouped_event["type"] == "alert_grouped"
+    assert grouped_event["details"] == {"title": "Payment API still failing", "severity": "high",
+                                        "alert_ids": alert_ids}
+
+
+def test_grouping_links_alerts_idempotently_and_counts_every_request(client):
+    alert_id = str(uuid.uuid4())
+    alert(client, alert_ids=[alert_id])
+    alert(client, alert_ids=[alert_id])
+    incident = alert(client, alert_ids=[alert_id]).get_json()
+    assert incident["alert_ids"] == [alert_id]
+    assert incident["grouped_count"] == 2
+
+
+def test_grouped_requests_count_by_the_incidents_severity_after_grouping(client):
+    alert(client, severity="high")
+    alert(client, severity="low")
+    alert(client, severity="critical")
+    assert grouped_total(client) == {"critical": 1.0, "high": 1.0, "medium": 0.0, "low": 0.0}
+
+
+def test_a_more_severe_request_raises_the_incident_and_pages_the_assignee_again(client, notifier):
+    incident = alert(client, severity="medium").get_json()
+    assert len(notifier.wait_for(NOTIFY, 1)) == 1
+    raised = alert(client, severity="critical")
+    assert raised.status_code == 200
+    assert raised.get_json()["severity"] == "critical"
+    pages = notifier.requests_to(NOTIFY)
+    assert len(pages) == 2
+    assert pages[1].body["severity"] == "critical" and pages[1].body["engineer"] == "alice@example.com"
+    assert pages[1].body["incident_id"] == incident["incident_id"]
+    assert pages[1].body["notification_id"] != pages[0].body["notification_id"]
+    types = [e["type"] for e in events_of(client, incident["incident_id"])]
+    assert types[-3:] == ["alert_grouped", "severity_raised", "notified"]
+    raise_event = events_of(client, incident["incident_id"])[-2]
+    assert raise_event["details"] == {"from": "medium", "to": "critical"}
+
+
+def test_a_less_or_equally_severe_request_leaves_the_severity_and_pages_nobody(client, notifier):
+    alert(client, severity="high")
+    for severity in ("low", "medium", "high"):
+        assert alert(client, severity=severity).get_json()["severity"] == "high"
+    assert len(notifier.requests_to(NOTIFY)) == 1
+    assert "severity_raised" not in {e["type"] for e in events_of(client, alert(client).get_json()["incident_id"])}
+
+
+def test_open_incidents_and_list_totals_follow_a_raised_severity(client):
+    alert(client, severity="low")
+    alert(client, severity="critical")
+    assert open_counts(client) == {"critical": 1, "high": 0, "medium": 0, "low": 0}
+    assert client.get(f"{URL}?severity=critical").get_json()["total"] == 1
+    assert client.get(f"{URL}?severity=low").get_json()["total"] == 0
+
+
+def test_an_acknowledged_incident_still_groups(client):
+    incident = alert(client).get_json()
+    client.patch(f"{URL}/{incident['incident_id']}", json={"status": "acknowledged"})
+    response = alert(client)
+    assert response.status_code == 200 and response.get_json()["incident_id"] == incident["incident_id"]
+    assert response.get_json()["status"] == "acknowledged"
+
+
+def test_after_resolve_the_next_request_with_the_key_opens_a_new_incident(client, notifier):
+    first = alert(client).get_json()
+    client.patch(f"{URL}/{first['incident_id']}", json={"status": "resolved"})
+    response = alert(client)
+    assert response.status_code == 201
+    second = response.get_json()
+    assert second["incident_id"] != first["incident_id"] and second["dedup_key"] == KEY
+    assert len(notifier.requests_to(NOTIFY)) == 2, "the new incident is paged"
+    assert alert(client).get_json()["incident_id"] == second["incident_id"]
+
+
+def test_creates_without_a_key_or_with_other_keys_are_never_grouped(client):
+    assert client.post(URL, json=VALID).status_code == 201
+    assert client.post(URL, json={**VALID, "dedup_key": None}).status_code == 201
+    assert alert(client, key="a").status_code == 201
+    assert alert(client, key="b").status_code == 201
+    assert alert(client, key="A").status_code == 201, "keys are compared exactly"
+    assert client.get(URL).get_json()["total"] == 5
+
+
+def test_lists_filter_by_dedup_key_and_their_items_carry_the_grouping_fields(client):
+    first = alert(client).get_json()
+    client.patch(f"{URL}/{first['incident_id']}", json={"status": "resolved"})
+    second = alert(client).get_json()
+    alert(client)
+    alert(client, key="other")
+    page = client.get(f"{URL}?dedup_key=%20{KEY}").get_json()
+    assert page["total"] == 2
+    assert [item["incident_id"] for item in page["incidents"]] == [second["incident_id"], first["incident_id"]]
+    assert page["incidents"][0]["grouped_count"] == 1 and page["incidents"][0]["dedup_key"] == KEY
+    assert page["incidents"][0]["last_grouped_at"] is not None
+    assert client.get(f"{URL}?dedup_key={KEY}&status=resolved").get_json()["total"] == 1
+    assert client.get(f"{URL}?dedup_key=nobody").get_json() == {"incidents": [], "total": 0, "limit": 50,
+                                                                 "offset": 0}
+
+
+@pytest.mark.parametrize("key", ["", "   ", "x" * 256, "a\x00b", 42, ["k"]])
+def test_bad_dedup_key_is_422_naming_the_field(client, key):
+    response = alert(client, key=key)
+    assert response.status_code == 422
+    assert "dedup_key" in response.get_json()["errors"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "a\x00b"])
+def test_bad_dedup_key_filter_is_422(client, key):
+    response = client.get(URL, query_string={"dedup_key": key})
+    assert response.status_code == 422
+    assert "dedup_key" in response.get_json()["errors"]
+
+
+def test_a_key_of_255_characters_is_accepted(client):
+    assert alert(client, key="k" * 255).status_code == 201
+    assert alert(client, key="k" * 255).status_code == 200
+
+
+def test_an_insert_another_create_beat_to_the_key_is_skipped_and_the_create_grouped(app, client, notifier,
+                                                                                   monkeypatch):
+    """The race's loser: its grouping ran before the winner's insert committed (here: the first
+    grouping misses), so it inserts; the partial unique index skips that insert, nothing of it is
+    written, and the next round groups it into the winner."""
+    winner = alert(client).get_json()
+    store = app.extensions["store"]
+    real, missed = store.group_into, []
+    monkeypatch.setattr(store, "group_into", lambda *a, **k: missed.append(1) if not missed else real(*a, **k))
+    response = alert(client, alert_ids=[str(uuid.uuid4())])
+    assert response.status_code == 200 and response.get_json()["incident_id"] == winner["incident_id"]
+    assert client.get(URL).get_json()["total"] == 1
+    assert len(notifier.requests_to(NOTIFY)) == 1
+    assert [e["type"] for e in events_of(client, winner["incident_id"])].count("created") == 1
+
+
+def test_a_key_whose_incident_is_resolved_between_every_two_writes_is_a_503_not_a_500(app, client, monkeypatch):
+    """Each round groups (none found: resolved) and inserts (skipped: another create took the key),
+    as an incident resolved and reopened in between, over and over, would make it; five rounds, then 503."""
+    store = app.extensions["store"]
+    calls = []
+    monkeypatch.setattr(store, "group_into", lambda *args, **kwargs: calls.append("group"))
+    monkeypatch.setattr(store, "insert_new", lambda new: calls.append("insert"))
+    response = alert(client)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.get_json()["code"] == 503 and "dedup_key" in response.get_json()["message"]
+    assert calls == ["group", "insert"] * 5
+
+
+# --------------------------------------------------------------------------- Idempotency-Key
+
+
+def test_idempotent_replay_of_a_grouped_request_answers_200_grouped(client, notifier):
+    first = alert(client).get_json()
+    grouped = alert(client, headers={"Idempotency-Key": "storm-2"}, severity="critical")
+    replay = alert(client, headers={"Idempotency-Key": "storm-2"}, severity="critical")
+    assert grouped.status_code == replay.status_code == 200
+    assert replay.headers["Incident-Grouped"] == "true" and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json()["incident_id"] == first["incident_id"]
+    assert replay.get_json()["grouped_count"] == 1, "a replay is not grouped again"
+    assert len(notifier.requests_to(NOTIFY)) == 2, "the raise paged once, the replay nobody"
+
+
+def test_idempotent_replay_of_the_opening_request_answers_201(client):
+    opened = alert(client, headers={"Idempotency-Key": "storm-1"})
+    alert(client)
+    replay = alert(client, headers={"Idempotency-Key": "storm-1"})
+    assert opened.status_code == replay.status_code == 201
+    assert "Incident-Grouped" not in replay.headers and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json()["incident_id"] == opened.get_json()["incident_id"]
+    assert replay.get_json()["grouped_count"] == 1, "the incident as it stands now"
+
+
+# --------------------------------------------------------------------------- the feed
+
+
+def test_grouping_events_go_out_on_the_feed_with_the_incident_as_it_stands(client):
+    frames = follow(client, "?types=alert_grouped,severity_raised")
+    try:
+        incident_id = alert(client, severity="low").get_json()["incident_id"]
+        alert(client, severity="high")
+        grouped, raised = frames.until(2)
+    finally:
+        frames.close()
+    assert (grouped["event"], raised["event"]) == ("alert_grouped", "severity_raised")
+    assert grouped["data"]["incident_id"] == raised["data"]["incident_id"] == incident_id
+    assert grouped["data"]["details"]["severity"] == "high"
+    assert raised["data"]["details"] == {"from": "low", "to": "high"}
+    assert raised["data"]["incident"]["severity"] == "high" and raised["data"]["incident"]["grouped_count"] == 1
+
+
+def test_grouping_events_are_in_the_timeline_schema_and_the_feeds_type_filter(client):
+    spec = client.get("/openapi.json").get_json()
+    event_types = spec["components"]["schemas"]["Event"]["properties"]["type"]["enum"]
+    assert {"alert_grouped", "severity_raised"} <= set(event_types)
+    response = client.get("/api/v1/stream", query_string={"types": "alert_grouped,severity_raised", "after": "x"})
+    assert response.status_code == 422 and set(response.get_json()["errors"]) == {"after"}
