@@ -2,7 +2,7 @@
 computed, and with no filter each percentile is read at its ranks from a duration's own index.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 """
 
