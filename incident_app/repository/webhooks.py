@@ -21,8 +21,6 @@ from incident_app.tables import incident_events, incidents, webhook_deliveries, 
 SENT, GIVEN_UP = "sent", "given_up"
 FAILED = "failed"  # a delivery's last attempt failed; it is still pending
 
-SUBSCRIPTION = ("id", "url", "description", "types", "service", "severity", "secret", "created_at")
-
 
 def insert(conn: Connection, row: Mapping[str, Any]) -> None:
     conn.execute(webhooks.insert().values(**row))
