@@ -6,14 +6,18 @@ bounded per receiver, counted and shown."""
 from __future__ import annotations
 
 import base64
+import re
+import sys
 import threading
 import time
+import types
 import uuid
 from datetime import timedelta
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.support.gunicorn import ROOT
 from tests.support.incidents import URL
 from tests.support.peers import FakePeer, closed_port_url
 from tests.support.reliability import rows, wait_until
@@ -384,3 +388,24 @@ def test_a_hanging_receiver_holds_only_its_own_slots(make_app, database_url, cre
         for thread in started:
             thread.join(6)
         hanging.close()
+
+
+def test_the_readmes_receiver_example_accepts_a_delivery_and_refuses_a_forged_one(app, subscribe, receiver,
+                                                                                   create_incident):
+    webhook = subscribe(types=["created"])
+    create_incident()
+    sender(app).deliver_due(now=later(app, 1))
+    (recorded,) = receiver.requests_to(RECEIVE)
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme[readme.index("### Webhooks"):], re.S).group(1)
+    module = types.ModuleType("readme_receiver")
+    module.__file__ = str(ROOT / "readme_receiver.py")  # Flask wants a module with a path
+    sys.modules[module.__name__] = module
+    try:
+        exec(example.replace('"whsec_…"', repr(webhook["secret"])), module.__dict__)
+        example_client = module.app.test_client()
+        assert example_client.post("/hooks/incidents", data=recorded.raw, headers=recorded.headers).status_code == 204
+        forged = recorded.raw.replace(b'"created"', b'"resolved"', 1)
+        assert example_client.post("/hooks/incidents", data=forged, headers=recorded.headers).status_code == 400
+    finally:
+        del sys.modules[module.__name__]
