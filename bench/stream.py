@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from bench import seed  # noqa: E402
-from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, free_port, gunicorn, run_wrk, wrk_script  # noqa: E402
+from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script  # noqa: E402
 
 CREATE = Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua")
 
@@ -58,19 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     processes: list[Process] = []
     try:
         seed.migrate_and_seed(url, args.rows)
-        peers_port, port = free_port(), free_port()
-        peers_url = f"http://127.0.0.1:{peers_port}"
-        env = {**os.environ, "DATABASE_URL": url, "WEB_CONCURRENCY": "2", "ENVIRONMENT": "benchmark",
-               "DB_POOL_MAX": str(-(-args.connections // 2)), "DB_POOL_MIN": str(-(-args.connections // 2)),
-               "ESCALATION_TIMEOUT_MINUTES": "1000000", "ONCALL_SERVICE_URL": peers_url,
-               "NOTIFICATION_SERVICE_URL": peers_url}
-        peers = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(peers_port)],
-                        env, work_dir)
-        processes.append(peers)
-        service = gunicorn("service", "wsgi:app", port, env, work_dir)
-        processes.append(service)
-        peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
-        service.wait_until_answers(f"http://127.0.0.1:{port}/health/ready")
+        service, port = start_service(url, work_dir, args.connections, processes)
         script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
         target = f"http://127.0.0.1:{port}"
 
