@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # the specification asks for 24 to 64
 MAX_REPLY_BYTES = 64 << 10
-PER_WEBHOOK_IN_FLIGHT = 4  # per process and subscription
-IN_FLIGHT = 32  # per process, all subscriptions together
-CLAIM_BATCH = 50
+PER_WEBHOOK_IN_FLIGHT = 8  # per process and subscription
+IN_FLIGHT = 64  # per process, all subscriptions together
+CLAIM_BATCH = 64
 # Seconds between looks for due rows when nothing wakes the loop sooner (a finished attempt does).
 POLL_EVERY = 0.2
 
@@ -87,6 +87,7 @@ class WebhookSender:
         self.per_webhook = per_webhook
         self.in_flight = in_flight
         self._busy: collections.Counter[uuid.UUID] = collections.Counter()
+        self._outcomes: list[tuple[dict, bool, bool]] = []  # attempts ended, not yet recorded
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -95,7 +96,8 @@ class WebhookSender:
     # ------------------------------------------------------------------ one attempt
 
     def attempt(self, attempt: Attempt, *, now: datetime | None = None) -> bool:
-        """POST it once, then record the outcome (as of `now`, default: when the reply came)."""
+        """POST it once; its outcome (as of `now`, default: when the reply came) waits to be recorded
+        with the others that ended meanwhile (`record_outcomes`)."""
         peer = PeerClient(self.transport, attempt.url, self.timeout, max_reply_bytes=MAX_REPLY_BYTES, status_only=True)
         reply = peer.call("POST", "", data=attempt.body.encode(), headers=attempt.headers(datetime.now(UTC)))
         delivered = reply is not None and 200 <= reply.status < 300
@@ -107,18 +109,30 @@ class WebhookSender:
             state, status, next_at, finished = repo.GIVEN_UP, repo.GIVEN_UP, row.next_attempt_at, now
         else:
             state, status, next_at, finished = queue.PENDING, repo.FAILED, now + retry_wait(attempts), None
+        outcome = repo.outcome(row.id, state=state, attempts=attempts, next_attempt_at=next_at, finished_at=finished,
+                               body=attempt.body, attempted_at=now, status=status)
+        with self._lock:
+            self._outcomes.append((outcome, delivered, state == repo.GIVEN_UP))
+        return delivered
+
+    def record_outcomes(self) -> int:
+        """Record the attempts that ended since the last call, in one statement, then count them.
+        Should it fail, their leases expire and the rows are tried again (at least once)."""
+        with self._lock:
+            ended, self._outcomes = self._outcomes, []
+        if not ended:
+            return 0
         try:
             with single_statement(self.engine) as conn:
-                repo.record(conn, [repo.outcome(
-                    row.id, state=state, attempts=attempts, next_attempt_at=next_at, finished_at=finished,
-                    body=attempt.body, attempted_at=now, status=status,
-                )])
-        except Exception:  # the lease expires and the row is tried again
-            log.exception("could not record a webhook delivery attempt", extra={"delivery_id": str(row.id)})
-        if state == repo.GIVEN_UP:
-            log.error("webhook delivery given up after 24 hours", extra={"delivery_id": str(row.id)})
-        self.metrics.webhook_attempted(delivered, gave_up=state == repo.GIVEN_UP)
-        return delivered
+                repo.record(conn, [outcome for outcome, _, _ in ended])
+        except Exception:
+            log.exception("could not record webhook delivery attempts", extra={"attempts": len(ended)})
+            return 0
+        for outcome, delivered, gave_up in ended:
+            if gave_up:
+                log.error("webhook delivery given up after 24 hours", extra={"delivery_id": str(outcome["outcome_id"])})
+            self.metrics.webhook_attempted(delivered, gave_up=gave_up)
+        return len(ended)
 
     # ------------------------------------------------------------------ claims
 
@@ -180,6 +194,7 @@ class WebhookSender:
         """Claim what is due and fits the free slots, and start each attempt (a greenlet under gevent)."""
         started: list[threading.Thread] = []
         while True:
+            self.record_outcomes()  # what ended meanwhile, before its slots are used again
             with self._lock:
                 free = self.in_flight - sum(self._busy.values())
             if free <= 0:
@@ -200,6 +215,7 @@ class WebhookSender:
             for thread in threads:
                 thread.join()
             tried += len(threads)
+        self.record_outcomes()
         return tried
 
     # ------------------------------------------------------------------ the loop
@@ -214,6 +230,7 @@ class WebhookSender:
                 log.warning("webhook deliveries: %s", exc.__class__.__name__)
                 self._stop.wait(1.0)
             self._wake.wait(POLL_EVERY)
+        self.record_outcomes()
 
     def start(self) -> WebhookSender:
         if self._thread is None or not self._thread.is_alive():
