@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,21 @@ from bench import seed  # noqa: E402
 from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script  # noqa: E402
 
 CREATE = Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua")
+
+
+def create_runner(wrk: str, target: str, work_dir: Path, connections: int) -> Callable[[float], dict]:
+    """A function that drives creates at `target` with wrk for some seconds and returns wrk's summary."""
+    script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
+    return lambda duration: run_wrk(wrk, target, script, threads=2, connections=connections, duration=duration)
+
+
+def compare_creates(without: dict, with_load: dict) -> dict:
+    """Create throughput and p99 without and with the extra load, and the ratio of throughputs."""
+    return {
+        "create_rps_without": without["rps"], "create_rps_with": with_load["rps"],
+        "create_ratio": round(with_load["rps"] / without["rps"], 3) if without["rps"] else None,
+        "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_load["p99_ms"],
+    }
 
 
 def followers_now(port: int) -> float:
@@ -58,12 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seed.migrate_and_seed(url, args.rows)
         service, port = start_service(url, work_dir, args.connections, processes)
-        script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
         target = f"http://127.0.0.1:{port}"
-
-        def creates(duration: float) -> dict:
-            return run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
-
+        creates = create_runner(wrk, target, work_dir, args.connections)
         creates(3)  # warm-up
         without = creates(args.duration)
         before = rss_kib(service)
@@ -83,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "followers": args.followers, "connected": connected, "duration_s": args.duration,
             "connections": args.connections,
-            "create_rps_without": without["rps"], "create_rps_with": with_followers["rps"],
-            "create_ratio": round(with_followers["rps"] / without["rps"], 3) if without["rps"] else None,
-            "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_followers["p99_ms"],
+            **compare_creates(without, with_followers),
             "delivery": delivered, "kib_per_follower": round(per_follower_kib, 1),
         }
         RESULTS.mkdir(exist_ok=True)

@@ -28,8 +28,8 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench import seed  # noqa: E402
-from bench.run import ADMIN_URL, RESULTS, Process, ensure_wrk, free_port, run_wrk, start_service, wrk_script  # noqa: E402
-from bench.stream import CREATE  # noqa: E402
+from bench.run import ADMIN_URL, RESULTS, Process, ensure_wrk, free_port, start_service  # noqa: E402
+from bench.stream import compare_creates, create_runner  # noqa: E402
 
 
 def pending(url: str) -> int:
@@ -59,17 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     receiver: subprocess.Popen | None = None
     try:
         seed.migrate_and_seed(url, args.rows)
-        service, port = start_service(url, work_dir, args.connections, processes)
+        _, port = start_service(url, work_dir, args.connections, processes)
         receiver_port = free_port()
         receiver = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "receiver.py"), "--port", str(receiver_port)],
             stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path})
         target = f"http://127.0.0.1:{port}"
-
-        def creates(duration: float) -> dict:
-            return run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
-
+        creates = create_runner(wrk, target, work_dir, args.connections)
         creates(3)  # warm-up
         without = creates(args.duration)
         for n in range(args.subscriptions):
@@ -84,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         delivered = json.loads(receiver.communicate(timeout=30)[0].strip().splitlines()[-1])
         result = {
             "subscriptions": args.subscriptions, "duration_s": args.duration, "connections": args.connections,
-            "create_rps_without": without["rps"], "create_rps_with": with_hooks["rps"],
-            "create_ratio": round(with_hooks["rps"] / without["rps"], 3) if without["rps"] else None,
-            "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_hooks["p99_ms"],
+            **compare_creates(without, with_hooks),
             "errors_with": with_hooks["errors"], "delivery": delivered,
             "pending_after_drain": left, "drain_s": drained_s,
         }
