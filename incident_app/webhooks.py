@@ -130,7 +130,7 @@ class WebhookSender:
             return 0
         for outcome, delivered, gave_up in ended:
             if gave_up:
-                log.error("webhook delivery given up after 24 hours", extra={"delivery_id": str(outcome["outcome_id"])})
+                log.error("webhook delivery given up after 24 hours", extra={"delivery_id": str(outcome["id"])})
             self.metrics.webhook_attempted(delivered, gave_up=gave_up)
         return len(ended)
 

@@ -15,8 +15,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from incident_app import tables
+from incident_app.repository import webhooks as webhook_queries
 from tests.support.gunicorn import ROOT
 from tests.support.incidents import URL
 from tests.support.peers import FakePeer, closed_port_url
@@ -409,3 +412,30 @@ def test_the_readmes_receiver_example_accepts_a_delivery_and_refuses_a_forged_on
         assert example_client.post("/hooks/incidents", data=forged, headers=recorded.headers).status_code == 400
     finally:
         del sys.modules[module.__name__]
+
+
+def test_attempts_that_ended_together_are_recorded_in_one_statement(app, subscribe, database_url, create_incident):
+    subscribe()
+    create_incident()
+    engine = app.extensions["engine"]
+    now = later(app, 1)
+    with engine.connect() as conn:
+        ids = [r.id for r in conn.execute(sa.select(tables.webhook_deliveries.c.id))]
+    outcomes = [webhook_queries.outcome(i, state="sent", attempts=1, next_attempt_at=now, finished_at=now, body="{}",
+                                        attempted_at=now, status="sent") for i in ids]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE"):
+            statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with engine.begin() as conn:
+            webhook_queries.record(conn, outcomes)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(ids) == 3
+    assert [r.state for r in deliveries(database_url)] == ["sent"] * 3
+    # PostgreSQL: one statement for the batch; SQLite, in process: one executemany.
+    assert len(statements) == 1

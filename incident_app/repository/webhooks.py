@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Row
 
 from incident_app.repository.feed import EVENT_COLUMNS
 from incident_app.repository.outbox import PENDING
-from incident_app.statements import bind, prefixed
+from incident_app.statements import arrays, bind, prefixed, unnest_arrays
 from incident_app.tables import incident_events, incidents, webhook_deliveries, webhooks
 
 SENT, GIVEN_UP = "sent", "given_up"
@@ -80,11 +80,19 @@ def events_with_incidents(conn: Connection, event_ids: Sequence[int]) -> list[Ro
 
 
 OUTCOME = ("state", "attempts", "next_attempt_at", "finished_at", "body", "last_attempt_at", "last_status")
-# Built once, values bound at execution; one executemany records a batch of attempts.
+RECORDED = ("id", *OUTCOME)
+# Built once, values bound at execution. PostgreSQL records a batch of attempts in one statement
+# (the rows as arrays); SQLite, in process, runs one UPDATE per attempt (executemany).
 _RECORD = (
     webhook_deliveries.update()
     .where(webhook_deliveries.c.id == sa.bindparam("outcome_id"), webhook_deliveries.c.state == PENDING)
     .values(bind(webhook_deliveries, OUTCOME, "outcome_"))
+)
+_OUTCOMES = unnest_arrays({name: webhook_deliveries.c[name].type for name in RECORDED}, "outcome_", "outcome")
+_RECORD_MANY = (
+    webhook_deliveries.update()
+    .where(webhook_deliveries.c.id == _OUTCOMES.c.id, webhook_deliveries.c.state == PENDING)
+    .values({name: _OUTCOMES.c[name] for name in OUTCOME})
 )
 
 
@@ -92,12 +100,16 @@ def outcome(
     delivery_id: uuid.UUID, *, state: str, attempts: int, next_attempt_at: datetime, finished_at: datetime | None,
     body: str, attempted_at: datetime, status: str,
 ) -> dict[str, Any]:
-    values = {"state": state, "attempts": attempts, "next_attempt_at": next_attempt_at, "finished_at": finished_at,
-              "body": body, "last_attempt_at": attempted_at, "last_status": status}
-    return {"outcome_id": delivery_id, **prefixed(values, "outcome_")}
+    """An attempt's outcome, as its delivery's RECORDED columns."""
+    return {"id": delivery_id, "state": state, "attempts": attempts, "next_attempt_at": next_attempt_at,
+            "finished_at": finished_at, "body": body, "last_attempt_at": attempted_at, "last_status": status}
 
 
 def record(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
     """Record attempts (`outcome`s), unless their rows are gone (the subscription was deleted)."""
-    if outcomes:
-        conn.execute(_RECORD, list(outcomes))
+    if not outcomes:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(_RECORD_MANY, arrays(outcomes, RECORDED, "outcome_"))
+    else:
+        conn.execute(_RECORD, [prefixed(row, "outcome_") for row in outcomes])
