@@ -1,6 +1,6 @@
-"""Webhooks under real gunicorn on PostgreSQL: the background loop delivers, a SIGKILL between the
-commit and the delivery loses nothing (delivered after the lease, same `webhook-id`), and two
-replicas deliver each event once per subscription."""
+"""Webhooks under real gunicorn on PostgreSQL: the background loop delivers, a SIGKILL of the workers
+between the commit and the delivery loses nothing (delivered after the lease by their successors,
+same `webhook-id`), and two replicas deliver each event once per subscription."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 
+import psutil
 import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
@@ -55,21 +56,24 @@ def test_sigkill_between_commit_and_delivery_delivers_after_the_lease(
     services, fresh_database, peers, receiver, tmp_path
 ):
     receiver.respond(200, {}, delay=30)  # hangs: the deliveries are in flight when the kill comes
-    timeout = {"HTTP_CLIENT_TIMEOUT": "3"}  # a lease of 8 s
-    doomed = start(services, fresh_database, peers, tmp_path, "doomed", **timeout)
-    subscribe(doomed, f"{receiver.url}/hook", types=["created"])
-    created = [create(doomed).json()["incident_id"] for _ in range(2)]
+    service = start(services, fresh_database, peers, tmp_path, "service", HTTP_CLIENT_TIMEOUT="3")  # lease: 8 s
+    subscribe(service, f"{receiver.url}/hook", types=["created"])
+    created = [create(service).json()["incident_id"] for _ in range(2)]
     in_flight = receiver.wait_for("/hook", 2, timeout=15)
     assert len(in_flight) == 2
-    doomed.stop(signal.SIGKILL)
-    assert states(fresh_database) == ["pending"] * 2, "nothing was recorded: the attempts died with the worker"
-
     receiver.respond(204, raw=b"")
-    start(services, fresh_database, peers, tmp_path, "restarted", **timeout)
+    workers = psutil.Process(service.process.pid).children()
+    assert len(workers) == 2
+    for worker in workers:  # every worker, so the one holding the attempts dies too; the master respawns them
+        worker.send_signal(signal.SIGKILL)
+    attempts = [r.attempts for r in rows(fresh_database, "SELECT attempts FROM incidents.webhook_deliveries")]
+    assert attempts == [0, 0], "nothing was recorded: the attempts died with the workers"
+
     assert wait_until(lambda: states(fresh_database) == ["sent"] * 2, timeout=40, every=0.2)
     redelivered = receiver.requests_to("/hook")[2:]
     assert {r.headers["webhook-id"] for r in redelivered} == {r.headers["webhook-id"] for r in in_flight}
     assert {r.body["incident_id"] for r in redelivered} == set(created)
+    assert {w.pid for w in psutil.Process(service.process.pid).children()}.isdisjoint({w.pid for w in workers})
 
 
 def test_two_replicas_deliver_each_event_once_per_subscription(services, fresh_database, peers, receiver, tmp_path):
