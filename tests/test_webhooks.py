@@ -24,6 +24,7 @@ from tests.support.gunicorn import ROOT
 from tests.support.incidents import URL
 from tests.support.peers import FakePeer, closed_port_url
 from tests.support.reliability import rows, wait_until
+from tests.test_outbox import own_database  # noqa: F401 (a fixture)
 
 HOOKS = "/api/v1/webhooks"
 RECEIVE = "/hook"
@@ -439,3 +440,29 @@ def test_attempts_that_ended_together_are_recorded_in_one_statement(app, subscri
     assert [r.state for r in deliveries(database_url)] == ["sent"] * 3
     # PostgreSQL: one statement for the batch; SQLite, in process: one executemany.
     assert len(statements) == 1
+
+
+def test_a_hanging_receiver_delays_neither_notifications_nor_other_receivers(
+    make_app, notifier, own_database, create_incident, receiver
+):
+    hanging = FakePeer()
+    hanging.respond(200, {}, delay=30)
+    notifier.respond(503, {})
+    app = make_app(database_url=own_database, http_client_timeout=20)
+    client = app.test_client()
+    client.post(HOOKS, json={"url": hanging.url + RECEIVE})
+    client.post(HOOKS, json={"url": receiver.url + RECEIVE})
+    create_incident(via=client)  # its page fails: the background retries it
+    notifier.respond(200, {})
+    background = app.extensions["background"].start()
+    try:
+        outbox_sent = wait_until(lambda: rows(own_database, "SELECT state FROM incidents.notification_outbox")[0].state
+                                 == "sent", timeout=15)
+        healthy = wait_until(lambda: len(receiver.requests_to(RECEIVE)) >= 4, timeout=15)  # 3 events + notified
+        assert outbox_sent and healthy
+        assert len(hanging.requests_to(RECEIVE)) >= 3
+        stuck = [r for r in deliveries(own_database) if r.last_status is None]
+        assert stuck, "the hanging receiver's attempts are still in flight, unrecorded"
+    finally:
+        background.stop()
+        hanging.close()
