@@ -173,8 +173,8 @@ def _register_cli(app: Flask, settings: Settings) -> None:
 
     @app.cli.group("background")
     def background() -> None:
-        """Background work: notification retries, escalation checks, idempotency key expiry and the
-        folding of the list totals' counter rows."""
+        """Background work: notification retries, webhook deliveries, escalation checks, idempotency
+        key expiry and the folding of the list totals' counter rows."""
 
     @background.command("run")
     def run_background() -> None:
@@ -182,8 +182,9 @@ def _register_cli(app: Flask, settings: Settings) -> None:
 
         Four jobs: notification retries from the outbox (every second), escalation checks (every
         ESCALATION_CHECK_SECONDS), idempotency key expiry (every 5 minutes) and the folding of the
-        list totals' counter rows (every minute). Safe beside the gunicorn workers' own: every job
-        claims its work through the database.
+        list totals' counter rows (every minute); beside them, in a loop of their own, webhook
+        deliveries (and, every 5 minutes, the purge of those finished a week ago). Safe beside the
+        gunicorn workers' own: every job claims its work through the database.
         """
         click.echo("background work running; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):

@@ -54,6 +54,8 @@ class BackgroundWork:
             _Job("escalate incidents", self.escalation_every, self.escalator.escalate_due),
             _Job("expire idempotency keys", PURGE_EVERY, self.idempotency.purge_expired),
             _Job("fold incident count shards", FOLD_COUNTS_EVERY, lambda: counts.fold_shards(self.engine)),
+            *([_Job("purge finished webhook deliveries", PURGE_EVERY, self.webhooks.purge_finished)]
+              if self.webhooks is not None else []),
         ]
 
     def run(self) -> None:

@@ -43,6 +43,8 @@ MAX_REPLY_BYTES = 64 << 10
 PER_WEBHOOK_IN_FLIGHT = 8  # per process and subscription
 IN_FLIGHT = 64  # per process, all subscriptions together
 CLAIM_BATCH = 64
+# Finished deliveries are kept this long (the webhook's last_delivery_at and last_status read them).
+KEEP_FINISHED = timedelta(days=7)
 # Seconds between looks for due rows when nothing wakes the loop sooner (a finished attempt does).
 POLL_EVERY = 0.2
 
@@ -217,6 +219,11 @@ class WebhookSender:
             tried += len(threads)
         self.record_outcomes()
         return tried
+
+    def purge_finished(self) -> int:
+        """Forget deliveries finished more than KEEP_FINISHED ago: the table does not grow forever."""
+        with single_statement(self.engine) as conn:
+            return repo.purge_finished(conn, before=self.clock() - KEEP_FINISHED)
 
     # ------------------------------------------------------------------ the loop
 

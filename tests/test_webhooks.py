@@ -466,3 +466,21 @@ def test_a_hanging_receiver_delays_neither_notifications_nor_other_receivers(
     finally:
         background.stop()
         hanging.close()
+
+
+def test_finished_deliveries_are_forgotten_after_a_week_pending_ones_never(app, subscribe, receiver, database_url,
+                                                                           create_incident):
+    subscribe(types=["created"])
+    create_incident()
+    work = sender(app)
+    work.deliver_due(now=later(app, 1))
+    receiver.respond(503, {})
+    create_incident()
+    work.deliver_due(now=later(app, 2))
+    assert sorted(r.state for r in deliveries(database_url)) == ["pending", "sent"]
+    work.clock = lambda: later(app, 6 * 24 * 3600)
+    assert work.purge_finished() == 0, "kept for a week"
+    work.clock = lambda: later(app, 8 * 24 * 3600)
+    assert work.purge_finished() == 1
+    assert [r.state for r in deliveries(database_url)] == ["pending"]
+    assert "purge finished webhook deliveries" in [job.name for job in app.extensions["background"].jobs()]

@@ -113,3 +113,9 @@ def record(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(_RECORD_MANY, arrays(outcomes, RECORDED, "outcome_"))
     else:
         conn.execute(_RECORD, [prefixed(row, "outcome_") for row in outcomes])
+
+
+def purge_finished(conn: Connection, *, before: datetime) -> int:
+    """Forget deliveries sent or given up before `before`; pending ones stay, however old."""
+    d = webhook_deliveries.c
+    return conn.execute(webhook_deliveries.delete().where(d.state != PENDING, d.finished_at < before)).rowcount
