@@ -165,6 +165,25 @@ def gunicorn(name: str, app: str, port: int, env: dict[str, str], log_dir: Path,
     return Process(name, argv, {**env, "SERVICE_PORT": str(port)}, log_dir)
 
 
+def start_service(url: str, work_dir: Path, connections: int, processes: list[Process]) -> tuple[Process, int]:
+    """The fast fake peers and the 2-worker service on `url`, both answering; appended to `processes`
+    (to be stopped by the caller). Returns the service and its port."""
+    peers_port, port = free_port(), free_port()
+    peers_url = f"http://127.0.0.1:{peers_port}"
+    env = {**os.environ, "DATABASE_URL": url, "WEB_CONCURRENCY": "2", "ENVIRONMENT": "benchmark",
+           "DB_POOL_MAX": str(-(-connections // 2)), "DB_POOL_MIN": str(-(-connections // 2)),
+           "ESCALATION_TIMEOUT_MINUTES": "1000000", "ONCALL_SERVICE_URL": peers_url,
+           "NOTIFICATION_SERVICE_URL": peers_url}
+    peers = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(peers_port)],
+                    env, work_dir)
+    processes.append(peers)
+    service = gunicorn("service", "wsgi:app", port, env, work_dir)
+    processes.append(service)
+    peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
+    service.wait_until_answers(f"http://127.0.0.1:{port}/health/ready")
+    return service, port
+
+
 def worker_rss_mib(process: Process) -> list[float]:
     sizes = []
     for worker in process.workers():

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +32,40 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from bench import seed  # noqa: E402
-from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, free_port, gunicorn, run_wrk, wrk_script  # noqa: E402
+from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script  # noqa: E402
 
 CREATE = Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua")
+
+
+def create_runner(
+    wrk: str, target: str, work_dir: Path, connections: int, *, settings: dict | None = None,
+    cpu_groups: Callable[[], dict[str, list[psutil.Process]]] | None = None,
+) -> Callable[[float], dict]:
+    """A function that drives creates at `target` with wrk for some seconds and returns wrk's summary;
+    with `cpu_groups`, also the CPU milliseconds per create each group of processes used meanwhile
+    (where the machine's cores went). `settings` go to the script (`delay_ms` paces it)."""
+    script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path, **(settings or {})})
+
+    def run(duration: float) -> dict:
+        groups = cpu_groups() if cpu_groups else {}
+        before = cpu_seconds(groups)
+        result = run_wrk(wrk, target, script, threads=2, connections=connections, duration=duration)
+        if groups:
+            used = cpu_seconds(groups)
+            done = max(result["rps"] * duration, 1)
+            result["cpu_ms_per_create"] = {name: round((used[name] - before[name]) * 1000 / done, 2) for name in used}
+        return result
+
+    return run
+
+
+def compare_creates(without: dict, with_load: dict) -> dict:
+    """Create throughput and p99 without and with the extra load, and the ratio of throughputs."""
+    return {
+        "create_rps_without": without["rps"], "create_rps_with": with_load["rps"],
+        "create_ratio": round(with_load["rps"] / without["rps"], 3) if without["rps"] else None,
+        "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_load["p99_ms"],
+    }
 
 
 def followers_now(port: int) -> float:
@@ -83,38 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     processes: list[Process] = []
     try:
         seed.migrate_and_seed(url, args.rows)
-        peers_port, port = free_port(), free_port()
-        peers_url = f"http://127.0.0.1:{peers_port}"
-        env = {**os.environ, "DATABASE_URL": url, "WEB_CONCURRENCY": "2", "ENVIRONMENT": "benchmark",
-               "DB_POOL_MAX": str(-(-args.connections // 2)), "DB_POOL_MIN": str(-(-args.connections // 2)),
-               "ESCALATION_TIMEOUT_MINUTES": "1000000", "ONCALL_SERVICE_URL": peers_url,
-               "NOTIFICATION_SERVICE_URL": peers_url}
-        peers = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(peers_port)],
-                        env, work_dir)
-        processes.append(peers)
-        service = gunicorn("service", "wsgi:app", port, env, work_dir)
-        processes.append(service)
-        peers.wait_until_answers(f"{peers_url}/api/v1/oncall/current?team=x")
-        service.wait_until_answers(f"http://127.0.0.1:{port}/health/ready")
+        service, port = start_service(url, work_dir, args.connections, processes)
         target = f"http://127.0.0.1:{port}"
         followers_process: list[psutil.Process] = []
 
-        def creates(script: Path, duration: float) -> dict:
-            """wrk's figures, and the CPU seconds per create of each process group meanwhile (where
-            the machine's two cores went: the service's workers, PostgreSQL, the followers' client)."""
-            groups = {"workers": service.workers(), "postgres": postgres_backends(), "followers": followers_process}
-            before = cpu_seconds(groups)
-            result = run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=duration)
-            used = cpu_seconds(groups)
-            done = max(result["rps"] * duration, 1)
-            result["cpu_ms_per_create"] = {name: round((used[name] - before[name]) * 1000 / done, 2) for name in used}
-            return result
+        def cpu_groups() -> dict[str, list[psutil.Process]]:
+            return {"workers": service.workers(), "postgres": postgres_backends(), "followers": followers_process}
 
         def compare(name: str, settings: dict) -> dict:
             """Creates without followers, then with them connected (their own delivery figures)."""
-            script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path, **settings})
-            creates(script, 3)  # warm-up
-            without = creates(script, args.duration)
+            creates = create_runner(wrk, target, work_dir, args.connections, settings=settings, cpu_groups=cpu_groups)
+            creates(3)  # warm-up
+            without = creates(args.duration)
             before = rss_kib(service)
             follower_seconds = 60 + args.duration
             followers = subprocess.Popen(
@@ -127,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             connected = followers_now(port)
             time.sleep(2)
             per_follower_kib = (rss_kib(service) - before) / max(connected, 1)
-            with_followers = creates(script, args.duration)
+            with_followers = creates(args.duration)
             followers.terminate()  # the followers print what they measured
             delivered = json.loads(followers.communicate(timeout=follower_seconds + 30)[0].strip().splitlines()[-1])
             followers_process.clear()
@@ -135,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             while followers_now(port) > 0 and time.monotonic() < deadline:
                 time.sleep(0.5)
             return {
-                "mode": name, "connected": connected,
-                "create_rps_without": without["rps"], "create_rps_with": with_followers["rps"],
-                "create_ratio": round(with_followers["rps"] / without["rps"], 3) if without["rps"] else None,
-                "create_p99_ms_without": without["p99_ms"], "create_p99_ms_with": with_followers["p99_ms"],
+                "mode": name, "connected": connected, **compare_creates(without, with_followers),
                 "errors": without["errors"] + with_followers["errors"],
                 "cpu_ms_per_create_without": without["cpu_ms_per_create"],
                 "cpu_ms_per_create_with": with_followers["cpu_ms_per_create"],

@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 from incident_app import migrate
 from incident_app.access import install_api_keys
 from incident_app.analytics_cache import AnalyticsCache, computations_for_pool
-from incident_app.api import docs, health, incidents, stream
+from incident_app.api import docs, health, incidents, stream, webhooks
 from incident_app.api import metrics as metrics_endpoint
 from incident_app.background import BackgroundWork
 from incident_app.cors import install_cors
@@ -32,10 +32,11 @@ from incident_app.peers.http import PeerClient, pooled_transport
 from incident_app.peers.notify import NotificationClient
 from incident_app.peers.oncall import OnCallClient
 from incident_app.probes import ProbeDatabase, create_probe_engine
-from incident_app.service import IncidentService, utcnow
+from incident_app.service import IncidentService, WebhookService, utcnow
 from incident_app.settings import Settings
 from incident_app.startup import SchemaState, Startup, install_schema_gate
 from incident_app.store import open_store
+from incident_app.webhooks import WebhookSender
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = docs.IncidentApi(app, spec_kwargs=docs.SPEC_KWARGS)
     docs.document_errors(api)
     api.register_blueprint(incidents.blp)
+    api.register_blueprint(webhooks.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics_endpoint.blp)
     docs.register_docs_assets(app)
@@ -133,9 +135,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         # Started by the gunicorn worker (gunicorn.conf.py) or `flask background run`, never here:
         # an app built by a test or a CLI command must not start timers behind its back.
+        webhook_service=WebhookService(store=store, clock=utcnow),
         background=BackgroundWork(
             outbox=outbox, escalator=escalator, idempotency=idempotency,
             escalation_every=settings.escalation_check_seconds, engine=engine,
+            # Its own loop and its own connections: a slow receiver delays no notification.
+            webhooks=WebhookSender(
+                engine=engine, transport=pooled_transport(hosts=64), timeout=settings.http_client_timeout,
+                metrics=metrics, clock=utcnow, lease=peer_call,
+            ),
         ),
     )
     _register_cli(app, settings)
@@ -165,8 +173,8 @@ def _register_cli(app: Flask, settings: Settings) -> None:
 
     @app.cli.group("background")
     def background() -> None:
-        """Background work: notification retries, escalation checks, idempotency key expiry and the
-        folding of the list totals' counter rows."""
+        """Background work: notification retries, webhook deliveries, escalation checks, idempotency
+        key expiry and the folding of the list totals' counter rows."""
 
     @background.command("run")
     def run_background() -> None:
@@ -174,8 +182,9 @@ def _register_cli(app: Flask, settings: Settings) -> None:
 
         Four jobs: notification retries from the outbox (every second), escalation checks (every
         ESCALATION_CHECK_SECONDS), idempotency key expiry (every 5 minutes) and the folding of the
-        list totals' counter rows (every minute). Safe beside the gunicorn workers' own: every job
-        claims its work through the database.
+        list totals' counter rows (every minute); beside them, in a loop of their own, webhook
+        deliveries (and, every 5 minutes, the purge of those finished a week ago). Safe beside the
+        gunicorn workers' own: every job claims its work through the database.
         """
         click.echo("background work running; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):

@@ -1,5 +1,5 @@
 """Background work inside the service: outbox retries, escalation checks, expiry of idempotency keys,
-folding the count shards.
+folding the count shards; and, in a loop of its own, webhook deliveries.
 
 One loop per process (a greenlet in a gevent worker, a thread elsewhere). Running it in every
 worker of every replica is safe because each piece of work is claimed through the database.
@@ -20,6 +20,7 @@ from incident_app.escalation import Escalator
 from incident_app.idempotency import IdempotencyKeys
 from incident_app.outbox import NotificationOutbox
 from incident_app.repository import counts
+from incident_app.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class BackgroundWork:
     idempotency: IdempotencyKeys
     escalation_every: float
     engine: Engine
+    webhooks: WebhookSender | None = None  # webhook deliveries: a loop of their own
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -52,11 +54,22 @@ class BackgroundWork:
             _Job("escalate incidents", self.escalation_every, self.escalator.escalate_due),
             _Job("expire idempotency keys", PURGE_EVERY, self.idempotency.purge_expired),
             _Job("fold incident count shards", FOLD_COUNTS_EVERY, lambda: counts.fold_shards(self.engine)),
+            *([_Job("purge finished webhook deliveries", PURGE_EVERY, self.webhooks.purge_finished)]
+              if self.webhooks is not None else []),
         ]
 
     def run(self) -> None:
         """Until stop(): each job when its period has passed. A failing job (database down) is
         logged and tried again next period; it never ends the loop."""
+        if self.webhooks is not None:
+            self.webhooks.start()
+        try:
+            self._run_jobs()
+        finally:
+            if self.webhooks is not None:
+                self.webhooks.stop()
+
+    def _run_jobs(self) -> None:
         jobs = self.jobs()
         while not self._stop.is_set():
             now = time.monotonic()

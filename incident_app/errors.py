@@ -23,6 +23,11 @@ class IncidentNotFound(Exception):
         super().__init__(f"incident {incident_id} not found")
 
 
+class WebhookNotFound(Exception):
+    def __init__(self, webhook_id: object) -> None:
+        super().__init__(f"webhook {webhook_id} not found")
+
+
 class InvalidTransition(Exception):
     """A status change the lifecycle forbids (lifecycle.plan_transition); says what would have been
     allowed instead."""
@@ -122,6 +127,7 @@ def handle_http_exception(error: HTTPException):
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(IncidentNotFound, lambda e: _respond(404, str(e)))
+    app.register_error_handler(WebhookNotFound, lambda e: _respond(404, str(e)))
     app.register_error_handler(NothingToUpdate, lambda e: _respond(400, str(e)))
     app.register_error_handler(
         InvalidTransition,

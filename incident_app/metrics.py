@@ -69,6 +69,13 @@ class IncidentMetrics:
             "incidents_grouped_total", "Creates folded into an unresolved incident of their dedup_key, by the "
             "incident's severity after grouping.", ["severity"], registry=registry,
         )
+        self.webhook_deliveries_total = Counter(
+            "webhook_deliveries_total", "Webhook delivery attempts, by outcome.", ["status"], registry=registry,
+        )
+        self.webhook_deliveries_given_up_total = Counter(
+            "webhook_deliveries_given_up_total", "Webhook deliveries given up after failing for 24 hours.",
+            registry=registry,
+        )
         self._create_every_series()
 
     def _create_every_series(self) -> None:
@@ -84,6 +91,7 @@ class IncidentMetrics:
             self.grouped_total.labels(severity=severity)
         for outcome in ("sent", "failed"):
             self.notifications_total.labels(channel=CHANNEL, status=outcome)
+            self.webhook_deliveries_total.labels(status=outcome)
 
     def incident_opened(self, severity: str) -> None:
         self.incidents_total.labels(status="open", severity=severity).inc()
@@ -100,6 +108,11 @@ class IncidentMetrics:
 
     def notification_attempted(self, channel: str, delivered: bool) -> None:
         self.notifications_total.labels(channel=channel, status="sent" if delivered else "failed").inc()
+
+    def webhook_attempted(self, delivered: bool, *, gave_up: bool = False) -> None:
+        self.webhook_deliveries_total.labels(status="sent" if delivered else "failed").inc()
+        if gave_up:
+            self.webhook_deliveries_given_up_total.inc()
 
     def escalated(self, severity: str) -> None:
         self.escalations_total.labels(severity=severity).inc()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from incident_app import lifecycle
 from incident_app.analytics_cache import AnalyticsCache
 from incident_app.documents import Page, incident_document
-from incident_app.errors import IncidentNotFound, NothingToUpdate
+from incident_app.errors import IncidentNotFound, NothingToUpdate, WebhookNotFound
 from incident_app.flows import Grouped, IncidentOpening
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
 from incident_app.metrics import IncidentMetrics
@@ -27,8 +27,10 @@ from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import events
 from incident_app.repository import idempotency as idempotency_queries
 from incident_app.repository import incidents as repo
+from incident_app.repository import webhooks as webhook_queries
 from incident_app.repository.pages import ListFilters
 from incident_app.store import Attach, Store
+from incident_app.webhooks import new_secret
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +217,42 @@ class IncidentService:
         with self.store.reading() as conn:
             row, _ = self._existing(conn, incident_id)
             return {"incident_id": incident_id, "events": events.list_events(conn, row.id)}
+
+
+# ------------------------------------------------------------------ webhooks
+
+
+class WebhookService:
+    """Subscriptions (contract 7, "Webhooks"); their deliveries are written by the database with
+    each event and sent by webhooks.WebhookSender."""
+
+    def __init__(self, *, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.clock = clock
+
+    def subscribe(self, *, url: str, description: str | None = None, types: Sequence[str] | None = None,
+                  service: str | None = None, severity: str | None = None) -> dict[str, Any]:
+        """A new subscription, with its secret: the one answer that shows it."""
+        row = {"id": uuid.uuid4(), "url": url, "description": description,
+               "types": None if types is None else list(dict.fromkeys(types)),
+               "service": service, "severity": severity, "secret": new_secret(), "created_at": self.clock()}
+        with self.store.single_statement() as conn:
+            webhook_queries.insert(conn, row)
+        return {**row, "last_delivery_at": None, "last_status": None, "pending": 0}
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        with self.store.reading() as conn:
+            return [row._asdict() for row in webhook_queries.all_with_status(conn)]
+
+    def get_webhook(self, webhook_id: uuid.UUID) -> dict[str, Any]:
+        with self.store.reading() as conn:
+            row = webhook_queries.find_with_status(conn, webhook_id)
+        if row is None:
+            raise WebhookNotFound(webhook_id)
+        return row._asdict()
+
+    def unsubscribe(self, webhook_id: uuid.UUID) -> None:
+        """Delete it, and every delivery still waiting: it receives nothing more."""
+        with self.store.single_statement() as conn:
+            if not webhook_queries.delete(conn, webhook_id):
+                raise WebhookNotFound(webhook_id)

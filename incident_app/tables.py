@@ -233,6 +233,56 @@ idempotency_keys.append_column(sa.Column(
     "grouped", sa.Boolean(), nullable=False, server_default=sa.false(),
 ))
 
+# ----------------------------------------------------------------------------- webhooks (0007)
+
+# A list, or SQL NULL for "every type" (not JSON null: the database's trigger tests IS NULL).
+_JSONList = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("description", sa.Text()),
+    sa.Column("types", _JSONList),
+    sa.Column("service", sa.String(255)),
+    sa.Column("severity", severity_level),
+    # Kept as given out (`whsec_…`): it signs every delivery, so it cannot be hashed.
+    sa.Column("secret", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    schema=SCHEMA,
+)
+
+# One row per (subscription, matching event), written by migration 0007's trigger in the event's
+# transaction; claimed like the notification outbox (`state`, `next_attempt_at` as the lease). `id`
+# is the `webhook-id` of every attempt; `body` is written at the first attempt and sent by every retry.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("webhook_id", sa.Uuid(), sa.ForeignKey(webhooks.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("event_id", _Serial, sa.ForeignKey(incident_events.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.Column("body", sa.Text()),
+    sa.Column("last_attempt_at", UTCDateTime()),
+    sa.Column("last_status", sa.String(16)),
+    schema=SCHEMA,
+)
+sa.Index(
+    "ix_webhook_deliveries_state_next_attempt_at",
+    webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at,
+)
+sa.Index("ix_webhook_deliveries_webhook_id_state", webhook_deliveries.c.webhook_id, webhook_deliveries.c.state)
+sa.Index(
+    "ix_webhook_deliveries_webhook_id_last_attempt_at",
+    webhook_deliveries.c.webhook_id, webhook_deliveries.c.last_attempt_at,
+)
+sa.Index("ix_webhook_deliveries_event_id", webhook_deliveries.c.event_id)
+
 # ----------------------------------------------------------------------------- analytics (0008)
 
 

@@ -57,5 +57,6 @@ def test_background_run_help_names_all_four_jobs():
     done = flask("background", "run", "--help")
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
-    for job in ("notification retries", "escalation checks", "idempotency key expiry", "counter rows"):
+    for job in ("notification retries", "escalation checks", "idempotency key expiry", "counter rows",
+                "webhook deliveries"):
         assert job in text

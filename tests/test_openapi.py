@@ -11,6 +11,8 @@ OPERATIONS = {
     ("/api/v1/incidents", "get"), ("/api/v1/incidents", "post"), ("/api/v1/incidents/analytics", "get"),
     ("/api/v1/incidents/{incident_id}", "get"), ("/api/v1/incidents/{incident_id}", "patch"),
     ("/api/v1/incidents/{incident_id}/notes", "post"),
+    ("/api/v1/webhooks", "get"), ("/api/v1/webhooks", "post"),
+    ("/api/v1/webhooks/{webhook_id}", "get"), ("/api/v1/webhooks/{webhook_id}", "delete"),
     ("/health", "get"), ("/health/ready", "get"), ("/health/live", "get"), ("/metrics", "get"),
 }
 

@@ -4,7 +4,7 @@ through the database so that any number of workers and replicas deliver each row
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,28 +41,34 @@ def enqueue(row: Mapping[str, Any]) -> Bound:
     return Bound(_ENQUEUE, prefixed(row, "notification_"))
 
 
-def claim_due(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
-    """Pending rows whose time has come, leased to the caller until `lease_until`.
+def claim_due(
+    conn: Connection, *, now: datetime, lease_until: datetime, limit: int, table: sa.Table = notification_outbox,
+    where: Sequence[sa.ColumnElement[bool]] = (), choose: Callable[[list[Row]], list[Row]] | None = None,
+) -> list[Row]:
+    """Pending rows of `table` (an outbox: `id`, `state`, `next_attempt_at`) whose time has come,
+    leased to the caller until `lease_until`. `where` narrows the candidates; `choose` keeps some of
+    them (the others stay as they were, unclaimed).
 
     PostgreSQL: SKIP LOCKED lets concurrent claimers take disjoint rows without waiting. SQLite:
     the caller's write transaction (BEGIN IMMEDIATE) already serialises claimers.
     """
-    o = notification_outbox.c
-    due = conn.execute(
-        sa.select(o.id)
-        .where(o.state == PENDING, o.next_attempt_at <= now)
+    o = table.c
+    candidates = conn.execute(
+        sa.select(*table.c)
+        .where(o.state == PENDING, o.next_attempt_at <= now, *where)
         .order_by(o.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-    ).scalars().all()
+    ).all()
+    due = [row.id for row in (choose(candidates) if choose else candidates)]
     if not due:
         return []
     return list(
         conn.execute(
-            notification_outbox.update()
+            table.update()
             .where(o.id.in_(due), o.state == PENDING)
             .values(next_attempt_at=lease_until)
-            .returning(*notification_outbox.c)
+            .returning(*table.c)
         )
     )
 

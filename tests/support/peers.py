@@ -18,6 +18,8 @@ class Recorded:
     path: str
     query: dict[str, list[str]]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
 
 
 @dataclass
@@ -51,7 +53,8 @@ class FakePeer:
                     body = raw
                 parts = urlsplit(self.path)
                 with peer._lock:
-                    peer.received.append(Recorded(self.command, parts.path, parse_qs(parts.query), body))
+                    peer.received.append(Recorded(self.command, parts.path, parse_qs(parts.query), body,
+                                                 dict(self.headers.items()), raw))
                     behaviour = peer.behaviour
                 if behaviour.delay:
                     time.sleep(behaviour.delay)
