@@ -220,14 +220,16 @@ incidents.append_column(sa.Column(
 incidents.append_column(sa.Column("last_grouped_at", UTCDateTime(),
                                   info={"description": "When a create was last folded into it."}))
 
-# Unresolved incidents, as the partial unique index below states it: an ON CONFLICT naming the index
-# must repeat its predicate, so both take this one text (migration 0006 writes it too).
-UNRESOLVED = sa.text("status <> 'resolved'")
+# Unresolved incidents with a key, as the partial unique index below states it: an ON CONFLICT naming
+# the index must repeat its predicate, so both take this one text (migration 0006 writes it too).
+# Both indexes leave out incidents without a key, so a create without one writes neither.
+UNRESOLVED = sa.text("dedup_key IS NOT NULL AND status <> 'resolved'")
+HAS_KEY = sa.text("dedup_key IS NOT NULL")
 # One unresolved incident per key: of concurrent creates with one key, the database lets one insert.
 sa.Index("uq_incidents_dedup_key_unresolved", incidents.c.dedup_key, unique=True,
          postgresql_where=UNRESOLVED, sqlite_where=UNRESOLVED)
 sa.Index("ix_incidents_dedup_key_created_at", incidents.c.dedup_key, incidents.c.created_at.desc(),
-         incidents.c.incident_id.desc())
+         incidents.c.incident_id.desc(), postgresql_where=HAS_KEY, sqlite_where=HAS_KEY)
 
 idempotency_keys.append_column(sa.Column(
     "grouped", sa.Boolean(), nullable=False, server_default=sa.false(),

@@ -22,7 +22,8 @@ SCHEMA = "incidents"
 UNIQUE_UNRESOLVED = "uq_incidents_dedup_key_unresolved"
 BY_KEY = "ix_incidents_dedup_key_created_at"
 # The same text as incident_app.tables.UNRESOLVED: ON CONFLICT names this predicate to infer the index.
-UNRESOLVED = "status <> 'resolved'"
+UNRESOLVED = "dedup_key IS NOT NULL AND status <> 'resolved'"  # tables.UNRESOLVED
+HAS_KEY = "dedup_key IS NOT NULL"  # tables.HAS_KEY: incidents without a key are in neither index
 
 
 def _columns() -> list[sa.Column]:
@@ -42,7 +43,7 @@ def upgrade() -> None:
                     postgresql_where=sa.text(UNRESOLVED), sqlite_where=sa.text(UNRESOLVED))
     # The list's dedup_key filter, newest first, resolved incidents included.
     op.create_index(BY_KEY, "incidents", ["dedup_key", sa.text("created_at DESC"), sa.text("incident_id DESC")],
-                    schema=schema)
+                    schema=schema, postgresql_where=sa.text(HAS_KEY), sqlite_where=sa.text(HAS_KEY))
     op.add_column("idempotency_keys", sa.Column("grouped", sa.Boolean(), nullable=False, server_default=sa.false()),
                   schema=schema)
 
