@@ -288,15 +288,19 @@ def _session_peers() -> Iterator[tuple[FakePeer, FakePeer]]:
 
 
 @pytest.fixture(scope="session")
-def live_service(migrated_urls, postgres_available, _session_peers, tmp_path_factory) -> Iterator[GunicornService]:
-    """The service under gunicorn with 2 gevent workers on PostgreSQL, shared by a session."""
+def live_service(pg_database, _session_peers, tmp_path_factory) -> Iterator[GunicornService]:
+    """The service under gunicorn with 2 gevent workers on PostgreSQL, shared by a session, on a
+    database of its own: its background work (the outbox, webhook deliveries, escalation) would
+    otherwise claim the rows of the tests that drive that work by hand on the shared database."""
+    url = pg_database()
+    migrate.upgrade(Settings(database_url=url))
     oncall, notifier = _session_peers
     oncall.respond(200, {"primary": {"name": "Alice", "email": "alice@example.com"}})
     notifier.respond(200, {"status": "sent"})
     logs: Path = tmp_path_factory.mktemp("gunicorn") / "service.log"
     service = GunicornService(
         {
-            "DATABASE_URL": migrated_urls["postgresql"](),
+            "DATABASE_URL": url,
             "ONCALL_SERVICE_URL": oncall.url,
             "NOTIFICATION_SERVICE_URL": notifier.url,
             "HTTP_CLIENT_TIMEOUT": "2",
