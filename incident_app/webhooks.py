@@ -31,6 +31,7 @@ from incident_app.loop_thread import LoopThread
 from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import GIVE_UP_AFTER, retry_wait
 from incident_app.peers.receivers import ReceiverClient
+from incident_app.peers.resolver import HostResolver
 from incident_app.repository import outbox as queue
 from incident_app.repository import webhooks as repo
 from incident_app.tables import webhook_deliveries
@@ -53,6 +54,14 @@ POLL_EVERY = 0.2
 def new_secret() -> str:
     """`whsec_` and the base64 of random bytes, as the Standard Webhooks specification writes a secret."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def receiver_client(
+    *, timeout: float, in_flight: int, resolver: HostResolver | None = None, ca_certs: str | None = None
+) -> ReceiverClient:
+    """The sender's HTTP client: replies read up to 64 KiB, as many connections per host as attempts in flight."""
+    return ReceiverClient(timeout=timeout, max_reply_bytes=MAX_REPLY_BYTES, connections_per_host=in_flight,
+                          resolver=resolver, ca_certs=ca_certs)
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,7 @@ class WebhookSender:
         client: ReceiverClient | None = None,
     ) -> None:
         self.engine = engine
-        self.client = client or ReceiverClient(
-            timeout=timeout, max_reply_bytes=MAX_REPLY_BYTES, connections_per_host=in_flight)
+        self.client = client or receiver_client(timeout=timeout, in_flight=in_flight)
         self.timeout = timeout
         self.metrics = metrics
         self.clock = clock

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from incident_app.peers.receivers import ReceiverClient
 from incident_app.peers.resolver import CACHE_FOR, FAILED_FOR, HostResolver, LookupFailed, system_lookup
-from incident_app.webhooks import MAX_REPLY_BYTES
+from incident_app.webhooks import receiver_client
 from tests.support.peers import FakePeer
 from tests.support.reliability import wait_until
 from tests.test_webhooks import HOOKS, RECEIVE, attempts, deliveries, later, receiver, sender  # noqa: F401
@@ -65,9 +64,9 @@ def monotonic() -> Monotonic:
 def resolving_with(app, lookups: Lookups, clock=time.monotonic, ca_certs: str | None = None):
     """The app's sender, its client's resolver running `lookups` (and trusting `ca_certs`)."""
     work = sender(app)
-    work.client = ReceiverClient(
-        timeout=work.timeout, max_reply_bytes=MAX_REPLY_BYTES, connections_per_host=work.in_flight,
-        resolver=HostResolver(timeout=work.timeout, lookup=lookups, clock=clock), ca_certs=ca_certs,
+    work.client = receiver_client(
+        timeout=work.timeout, in_flight=work.in_flight, ca_certs=ca_certs,
+        resolver=HostResolver(timeout=work.timeout, lookup=lookups, clock=clock),
     )
     return work
 

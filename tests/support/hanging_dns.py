@@ -7,9 +7,8 @@ other name is looked up by the system. For tests/test_webhook_faults.py, under r
 
 from gevent import monkey
 
-from incident_app.peers.receivers import ReceiverClient
 from incident_app.peers.resolver import HostResolver, system_lookup
-from incident_app.webhooks import MAX_REPLY_BYTES
+from incident_app.webhooks import receiver_client
 from wsgi import app
 
 HANGING = ".hang.test"
@@ -24,7 +23,5 @@ def lookup(host: str, port: int) -> list:
 
 
 sender = app.extensions["background"].webhooks
-sender.client = ReceiverClient(
-    timeout=sender.timeout, max_reply_bytes=MAX_REPLY_BYTES, connections_per_host=sender.in_flight,
-    resolver=HostResolver(timeout=sender.timeout, lookup=lookup),
-)
+sender.client = receiver_client(
+    timeout=sender.timeout, in_flight=sender.in_flight, resolver=HostResolver(timeout=sender.timeout, lookup=lookup))
