@@ -123,8 +123,8 @@ def test_receivers_whose_dns_hangs_hold_neither_the_api_nor_the_peers_nor_other_
     create(service)
 
     def hanging_attempts_failed() -> bool:
-        found = rows(fresh_database, "SELECT last_status FROM incidents.webhook_deliveries "
-                                     "WHERE webhook_id IN (SELECT id FROM incidents.webhooks WHERE url LIKE '%hang.test%')")
+        found = rows(fresh_database, "SELECT d.last_status FROM incidents.webhook_deliveries d "
+                                     "JOIN incidents.webhooks w ON w.id = d.webhook_id WHERE w.url LIKE '%hang.test%'")
         return len(found) == 12 * 3 and all(r.last_status == "failed" for r in found)
 
     assert wait_until(hanging_attempts_failed, timeout=15), "each attempt fails within HTTP_CLIENT_TIMEOUT"

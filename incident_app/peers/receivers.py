@@ -40,7 +40,7 @@ class _ResolvedConnection:
     def _new_conn(self) -> socket.socket:
         # The attempt's Timeout(total=…) gives the connection its whole budget: the lookup and the
         # connect share it, and urllib3 gives the reply what they leave.
-        budget = self.timeout if isinstance(self.timeout, (int, float)) else self.resolver.timeout
+        budget = self.timeout if isinstance(self.timeout, int | float) else self.resolver.timeout
         deadline = time.monotonic() + budget
         try:
             addresses = self.resolver.resolve(self._dns_host, self.port, timeout=budget)
@@ -51,7 +51,7 @@ class _ResolvedConnection:
         except TimeoutError as exc:
             raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
         except OSError as exc:
-            raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc  # type: ignore[arg-type]
+            raise NewConnectionError(self, f"failed to connect: {exc}") from exc  # type: ignore[arg-type]
 
 
 def _connect(addresses: list[Address], deadline: float, options: Any) -> socket.socket:
