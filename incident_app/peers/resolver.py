@@ -10,9 +10,10 @@ a name's next lookup is under way its last answer still serves, so a receiver wh
 once is not held by lookups of others that hang.
 
 The lookup is the system's own (`getaddrinfo`: /etc/hosts, resolv.conf, nsswitch), the same as
-every other call's. Not gevent's c-ares resolver, though its wheel has it: it is chosen for the
-whole process (GEVENT_RESOLVER), so it would change how the peers' names are found too, and it
-reads /etc/hosts and search domains its own way.
+every other call's. Not gevent's c-ares resolver, though its wheel has it and it needs no thread:
+it reads /etc/hosts and resolv.conf itself, not through nsswitch, and gevent's documentation lists
+where its answers differ from the system's; a receiver's name would then resolve otherwise than
+the same name given to the peers' calls or to curl on the same machine.
 """
 
 from __future__ import annotations
