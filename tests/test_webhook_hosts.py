@@ -89,6 +89,18 @@ def test_an_ip_address_is_not_looked_up(app, client, receiver, lookups, database
     assert lookups.asked == []
 
 
+def test_a_receivers_connection_is_kept_for_the_next_delivery(app, client, receiver, lookups, database_url,
+                                                              create_incident):
+    subscribe(client, f"http://localhost:{port_of(receiver)}{RECEIVE}", types=["created"])
+    work = resolving_with(app, lookups)
+    for n in range(3):
+        create_incident()
+        assert work.deliver_due(now=later(app, 1 + n)) == 1
+    assert [r.state for r in deliveries(database_url)] == ["sent"] * 3
+    assert len({r.client_port for r in receiver.requests_to(RECEIVE)}) == 1, "one connection"
+    assert lookups.asked == ["localhost"]
+
+
 def test_a_name_is_looked_up_once_for_the_deliveries_in_flight_and_sent_as_the_host(
     app, client, receiver, lookups, database_url, create_incident
 ):

@@ -21,6 +21,7 @@ class Recorded:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes = b""
+    client_port: int = 0  # the same on requests that came over one connection
 
 
 @dataclass
@@ -57,7 +58,7 @@ class FakePeer:
                 parts = urlsplit(self.path)
                 with peer._lock:
                     peer.received.append(Recorded(self.command, parts.path, parse_qs(parts.query), body,
-                                                 dict(self.headers.items()), raw))
+                                                 dict(self.headers.items()), raw, self.client_address[1]))
                     behaviour = peer.behaviour
                 if behaviour.delay:
                     time.sleep(behaviour.delay)
