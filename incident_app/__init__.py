@@ -139,10 +139,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         background=BackgroundWork(
             outbox=outbox, escalator=escalator, idempotency=idempotency,
             escalation_every=settings.escalation_check_seconds, engine=engine,
-            # Its own loop and its own connections: a slow receiver delays no notification.
+            # Its own loop, connections and host lookups: a slow receiver delays no notification.
             webhooks=WebhookSender(
-                engine=engine, transport=pooled_transport(hosts=64), timeout=settings.http_client_timeout,
-                metrics=metrics, clock=utcnow, lease=peer_call,
+                engine=engine, timeout=settings.http_client_timeout, metrics=metrics, clock=utcnow, lease=peer_call,
             ),
         ),
     )

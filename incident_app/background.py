@@ -9,7 +9,6 @@ Turn it off with BACKGROUND_WORK=false and run `flask --app wsgi background run`
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from incident_app.escalation import Escalator
 from incident_app.idempotency import IdempotencyKeys
+from incident_app.loop_thread import LoopThread
 from incident_app.outbox import NotificationOutbox
 from incident_app.repository import counts
 from incident_app.webhooks import WebhookSender
@@ -45,8 +45,10 @@ class BackgroundWork:
     escalation_every: float
     engine: Engine
     webhooks: WebhookSender | None = None  # webhook deliveries: a loop of their own
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _loop: LoopThread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._loop = LoopThread("background-work", self.run)
 
     def jobs(self) -> list[_Job]:
         return [
@@ -70,28 +72,22 @@ class BackgroundWork:
                 self.webhooks.stop()
 
     def _run_jobs(self) -> None:
-        jobs = self.jobs()
-        while not self._stop.is_set():
+        jobs, stopping = self.jobs(), self._loop.stopping
+        while not stopping.is_set():
             now = time.monotonic()
             for job in jobs:
-                if now < job.next_at or self._stop.is_set():
+                if now < job.next_at or stopping.is_set():
                     continue
                 job.next_at = now + job.every
                 try:
                     job.run()
                 except Exception as exc:  # the next period retries; the database may be back by then
                     log.warning("background job failed: %s: %s", job.name, exc.__class__.__name__)
-            self._stop.wait(max(0.05, min(job.next_at for job in jobs) - time.monotonic()))
+            stopping.wait(max(0.05, min(job.next_at for job in jobs) - time.monotonic()))
 
     def start(self) -> BackgroundWork:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self.run, name="background-work", daemon=True)
-            self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)

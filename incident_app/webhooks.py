@@ -6,7 +6,8 @@ Standard Webhooks specification (the `standardwebhooks` package), and records th
 
 Its own loop, apart from the notifications': a slow receiver delays neither them nor the API. Each
 process keeps at most PER_WEBHOOK_IN_FLIGHT attempts in flight per subscription, so a dead receiver
-holds a few slots while the others' rows go on.
+holds a few slots while the others' rows go on. Its own HTTP client too (peers/receivers.py), whose
+host lookups run on threads of their own: a receiver whose DNS hangs holds no peer call either.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Connection, Engine, Row
 from standardwebhooks.webhooks import Webhook
 
 from incident_app.feed.hub import feed_events
+from incident_app.loop_thread import LoopThread
 from incident_app.metrics import IncidentMetrics
 from incident_app.outbox import GIVE_UP_AFTER, retry_wait
-from incident_app.peers.http import PeerClient
+from incident_app.peers.receivers import ReceiverClient
+from incident_app.peers.resolver import HostResolver
 from incident_app.repository import outbox as queue
 from incident_app.repository import webhooks as repo
 from incident_app.tables import webhook_deliveries
@@ -54,6 +56,14 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
+def receiver_client(
+    *, timeout: float, in_flight: int, resolver: HostResolver | None = None, ca_certs: str | None = None
+) -> ReceiverClient:
+    """The sender's HTTP client: replies read up to 64 KiB, as many connections per host as attempts in flight."""
+    return ReceiverClient(timeout=timeout, max_reply_bytes=MAX_REPLY_BYTES, connections_per_host=in_flight,
+                          resolver=resolver, ca_certs=ca_certs)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """A claimed delivery, ready to go: its body (rendered at the first attempt, then kept) and target."""
@@ -76,12 +86,12 @@ class Attempt:
 
 class WebhookSender:
     def __init__(
-        self, *, engine: Engine, transport: HTTPAdapter, timeout: float, metrics: IncidentMetrics,
-        clock: Callable[[], datetime], lease: timedelta, per_webhook: int = PER_WEBHOOK_IN_FLIGHT,
-        in_flight: int = IN_FLIGHT,
+        self, *, engine: Engine, timeout: float, metrics: IncidentMetrics, clock: Callable[[], datetime],
+        lease: timedelta, per_webhook: int = PER_WEBHOOK_IN_FLIGHT, in_flight: int = IN_FLIGHT,
+        client: ReceiverClient | None = None,
     ) -> None:
         self.engine = engine
-        self.transport = transport  # one pool of keep-alive connections per receiving host
+        self.client = client or receiver_client(timeout=timeout, in_flight=in_flight)
         self.timeout = timeout
         self.metrics = metrics
         self.clock = clock
@@ -92,17 +102,15 @@ class WebhookSender:
         self._outcomes: list[tuple[dict, bool, bool]] = []  # attempts ended, not yet recorded
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread("webhook-deliveries", self.run, wake=self._wake.set)
 
     # ------------------------------------------------------------------ one attempt
 
     def attempt(self, attempt: Attempt, *, now: datetime | None = None) -> bool:
         """POST it once; its outcome (as of `now`, default: when the reply came) waits to be recorded
         with the others that ended meanwhile (`record_outcomes`)."""
-        peer = PeerClient(self.transport, attempt.url, self.timeout, max_reply_bytes=MAX_REPLY_BYTES, status_only=True)
-        reply = peer.call("POST", "", data=attempt.body.encode(), headers=attempt.headers(datetime.now(UTC)))
-        delivered = reply is not None and 200 <= reply.status < 300
+        status = self.client.post(attempt.url, attempt.body.encode(), attempt.headers(datetime.now(UTC)))
+        delivered = status is not None and 200 <= status < 300
         now = now or self.clock()
         row, attempts = attempt.delivery, attempt.delivery.attempts + 1
         if delivered:
@@ -229,26 +237,20 @@ class WebhookSender:
 
     def run(self) -> None:
         """Until stop(): claim and start attempts; look again when one finishes or POLL_EVERY passed."""
-        while not self._stop.is_set():
+        stopping = self._loop.stopping
+        while not stopping.is_set():
             self._wake.clear()
             try:
                 self.dispatch()
             except Exception as exc:  # the database may be back by the next look
                 log.warning("webhook deliveries: %s", exc.__class__.__name__)
-                self._stop.wait(1.0)
+                stopping.wait(1.0)
             self._wake.wait(POLL_EVERY)
         self.record_outcomes()
 
     def start(self) -> WebhookSender:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self.run, name="webhook-deliveries", daemon=True)
-            self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)

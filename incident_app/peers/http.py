@@ -1,4 +1,5 @@
-"""The one outbound HTTP path: pooled keep-alive connections per process, calls bounded in time and size."""
+"""The outbound HTTP path of the On-Call and Notification calls: pooled keep-alive connections per
+process, calls bounded in time and size. (Webhook deliveries have a client of their own: receivers.py.)"""
 
 from __future__ import annotations
 
@@ -39,15 +40,11 @@ class PeerClient:
 
     def __init__(
         self, transport: HTTPAdapter, base_url: str, timeout: float, *, max_reply_bytes: int = MAX_REPLY_BYTES,
-        status_only: bool = False,
     ) -> None:
         self.transport = transport
         self.base_url = base_url
         self.timeout = timeout
         self.max_reply_bytes = max_reply_bytes
-        # A peer whose answer is its status alone (a webhook receiver): a reply too long or too slow
-        # is left unread, and its status stands.
-        self.status_only = status_only
 
     def call(self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> Reply | None:
         """One call, finished within about `timeout` seconds; None when no answer came back.
@@ -62,8 +59,6 @@ class PeerClient:
                 for chunk in response.iter_content(16384):
                     body += chunk
                     if len(body) > self.max_reply_bytes or time.monotonic() > deadline:
-                        if self.status_only:
-                            return Reply(response.status_code, None)
                         log.warning("peer reply too large or too slow", extra={"peer_url": url})
                         return None
                 return Reply(response.status_code, _json_or_none(bytes(body)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class Recorded:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes = b""
+    client_port: int = 0  # the same on requests that came over one connection
 
 
 @dataclass
@@ -36,6 +38,8 @@ class FakePeer:
 
     behaviour: Behaviour = field(default_factory=Behaviour)
     received: list[Recorded] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # given: it answers HTTPS with this context's certificate
+    keep_alive: bool = True  # False: it closes each connection after its answer
 
     def __post_init__(self) -> None:
         peer = self
@@ -54,7 +58,7 @@ class FakePeer:
                 parts = urlsplit(self.path)
                 with peer._lock:
                     peer.received.append(Recorded(self.command, parts.path, parse_qs(parts.query), body,
-                                                 dict(self.headers.items()), raw))
+                                                 dict(self.headers.items()), raw, self.client_address[1]))
                     behaviour = peer.behaviour
                 if behaviour.delay:
                     time.sleep(behaviour.delay)
@@ -62,6 +66,8 @@ class FakePeer:
                     self.send_response(behaviour.status)
                     self.send_header("Content-Type", behaviour.content_type)
                     self.send_header("Content-Length", str(len(behaviour.body)))
+                    if not peer.keep_alive:
+                        self.send_header("Connection", "close")  # and the handler closes it
                     self.end_headers()
                     self.wfile.write(behaviour.body)
                 except OSError:
@@ -74,12 +80,14 @@ class FakePeer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def respond(
         self, status: int = 200, json_body: Any = None, *, raw: bytes | None = None, delay: float = 0.0
