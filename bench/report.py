@@ -17,7 +17,12 @@ def console_line(scenario: Any, result: dict[str, Any]) -> str:
     ratio = f"{result['ratio']:6.1%} of {scenario.ceiling}" if "ratio" in result else ""
     verdict = f"  [{_met(result.get('met'))}: {result['target']}]" if scenario.has_target else ""
     return (f"{scenario.name:20s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}")
+            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}{_cpu(result)}")
+
+
+def _cpu(result: dict[str, Any]) -> str:
+    spent = result.get("cpu_ms_per_request")
+    return ("  CPU ms/request " + ", ".join(f"{name} {ms:.3f}" for name, ms in spent.items())) if spent else ""
 
 
 def markdown(document: dict[str, Any]) -> str:
