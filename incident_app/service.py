@@ -236,7 +236,7 @@ class WebhookService:
         row = {"id": uuid.uuid4(), "url": url, "description": description,
                "types": None if types is None else list(dict.fromkeys(types)),
                "service": service, "severity": severity, "secret": new_secret(), "created_at": self.clock()}
-        with self.store.single_statement() as conn:
+        with self.store.writing() as conn:
             webhook_queries.insert(conn, row)
         return {**row, "last_delivery_at": None, "last_status": None, "pending": 0}
 
