@@ -45,6 +45,13 @@ by_dialect = pytest.mark.parametrize("empty_database", DIALECTS, indirect=True)
 postgresql_only = pytest.mark.parametrize("empty_database", ["postgresql"], indirect=True)
 
 
+def at_revision(url: str, revision: str) -> tuple[Settings, sa.Engine]:
+    """The database upgraded to `revision` only: its settings, and an engine on it."""
+    settings = Settings(database_url=url)
+    command.upgrade(migrate.alembic_config(settings), revision)
+    return settings, create_engine(settings)
+
+
 def upgraded(url: str) -> sa.Engine:
     migrate.upgrade(Settings(database_url=url))
     return create_engine(Settings(database_url=url))
@@ -502,9 +509,7 @@ def _index_names(engine: sa.Engine) -> set[str]:
 
 @by_dialect
 def test_0008_indexes_the_incidents_already_there_and_downgrades(empty_database):
-    settings = Settings(database_url=empty_database)
-    command.upgrade(migrate.alembic_config(settings), "0005")
-    engine = create_engine(settings)
+    settings, engine = at_revision(empty_database, "0005")
     incidents = metadata.tables[f"{SCHEMA}.incidents"]
     try:
         with engine.begin() as conn:  # written before 0008: MTTA 1.5, 2.5, 10 s; MTTR 100.25 s
@@ -563,9 +568,7 @@ def _enqueue_function(engine: sa.Engine) -> str | None:
 
 @by_dialect
 def test_0009_delivers_as_0008_did_with_a_subscription_and_writes_nothing_without_one(empty_database):
-    settings = Settings(database_url=empty_database)
-    command.upgrade(migrate.alembic_config(settings), "0008")
-    engine = create_engine(settings)
+    settings, engine = at_revision(empty_database, "0008")
     webhooks = metadata.tables[f"{SCHEMA}.webhooks"]
     postgres = engine.dialect.name == "postgresql"
     try:

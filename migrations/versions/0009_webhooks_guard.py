@@ -20,6 +20,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from alembic import op
 
 revision = "0009"
@@ -30,39 +32,24 @@ depends_on = None
 SCHEMA = "incidents"
 FUNCTION = f"{SCHEMA}.enqueue_webhook_deliveries"  # 0007's trigger calls it by name
 
-_MATCH = f"""
-    INSERT INTO {SCHEMA}.webhook_deliveries
-        (id, webhook_id, event_id, state, attempts, created_at, next_attempt_at)
-    SELECT gen_random_uuid(), w.id, e.id, 'pending', 0, e.created_at, e.created_at
-    FROM new_events e
-    JOIN {SCHEMA}.incidents i ON i.id = e.incident_id
-    JOIN {SCHEMA}.webhooks w
-      ON (w.types IS NULL OR w.types ? e.type)
-     AND (w.service IS NULL OR w.service = i.service)
-     AND (w.severity IS NULL OR w.severity = i.severity);"""
-
-
-def _function(guard: str) -> str:
-    return f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN{guard}{_MATCH}
-    RETURN NULL;
-END
-$$
-"""
-
-
 _GUARD = f"""
     IF NOT EXISTS (SELECT FROM {SCHEMA}.webhooks) THEN
         RETURN NULL;
     END IF;"""
 
 
+def _rewrite(change: Callable[[str], str]) -> None:
+    """Replace the function's body by `change` of it: the guard goes in front of 0007's matching,
+    which stays as 0007 wrote it."""
+    body = op.get_bind().exec_driver_sql(f"SELECT prosrc FROM pg_proc WHERE oid = '{FUNCTION}'::regproc").scalar_one()
+    op.execute(f"CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $${change(body)}$$")
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_function(_GUARD))
+        _rewrite(lambda body: body if _GUARD in body else body.replace("BEGIN", "BEGIN" + _GUARD, 1))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_function(""))
+        _rewrite(lambda body: body.replace(_GUARD, "", 1))
