@@ -38,12 +38,12 @@ def markdown(document: dict[str, Any]) -> str:
         _ratio_basis(s),
         "",
         "| scenario | req/s | p50 ms | p99 ms | errors | its ceiling req/s | vs ceiling | target | "
-        "| worker RSS MiB (before → after) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| CPU ms/request: workers / PostgreSQL | worker RSS MiB (before → after) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for row in document["scenarios"]:
         if "skipped" in row:
-            lines.append(f"| {row['description']} | – | – | – | – | – | – | skipped: {row['skipped']} | | |")
+            lines.append(f"| {row['description']} | – | – | – | – | – | – | skipped: {row['skipped']} | | | |")
             continue
         ratio = f"{row['ratio']:.0%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
         its_ceiling = f"{row['ceiling_rps']:,.0f}" if row.get("ceiling_rps") else ""
@@ -51,10 +51,12 @@ def markdown(document: dict[str, Any]) -> str:
         target = row.get("target", "") if any(row.get(t) is not None for t in targets) else ""
         met = _met(row.get("met")) if target else ("**errors**" if row["errors"] else "")
         rss = f"{row['rss_mib_before']} → {row['rss_mib_after']}"
+        spent = row.get("cpu_ms_per_request") or {}
+        cpu = " / ".join(f"{spent[name]:.2f}" for name in ("workers", "postgres") if name in spent)
         note = f" ({row['note']})" if row.get("note") else ""
         lines.append(
             f"| {row['description']}{note} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
-            f"| {row['errors']} | {its_ceiling} | {ratio} | {target} | {met} | {rss} |"
+            f"| {row['errors']} | {its_ceiling} | {ratio} | {target} | {met} | {cpu} | {rss} |"
         )
     return "\n".join(lines) + "\n"
 
