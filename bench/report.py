@@ -17,7 +17,12 @@ def console_line(scenario: Any, result: dict[str, Any]) -> str:
     ratio = f"{result['ratio']:6.1%} of {scenario.ceiling}" if "ratio" in result else ""
     verdict = f"  [{_met(result.get('met'))}: {result['target']}]" if scenario.has_target else ""
     return (f"{scenario.name:20s} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}")
+            f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors']:<4d} {ratio}{verdict}{_cpu(result)}")
+
+
+def _cpu(result: dict[str, Any]) -> str:
+    spent = result.get("cpu_ms_per_request")
+    return ("  CPU ms/request " + ", ".join(f"{name} {ms:.3f}" for name, ms in spent.items())) if spent else ""
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -33,12 +38,12 @@ def markdown(document: dict[str, Any]) -> str:
         _ratio_basis(s),
         "",
         "| scenario | req/s | p50 ms | p99 ms | errors | its ceiling req/s | vs ceiling | target | "
-        "| worker RSS MiB (before → after) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| CPU ms/request: workers / PostgreSQL | worker RSS MiB (before → after) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for row in document["scenarios"]:
         if "skipped" in row:
-            lines.append(f"| {row['description']} | – | – | – | – | – | – | skipped: {row['skipped']} | | |")
+            lines.append(f"| {row['description']} | – | – | – | – | – | – | skipped: {row['skipped']} | | | |")
             continue
         ratio = f"{row['ratio']:.0%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
         its_ceiling = f"{row['ceiling_rps']:,.0f}" if row.get("ceiling_rps") else ""
@@ -46,10 +51,12 @@ def markdown(document: dict[str, Any]) -> str:
         target = row.get("target", "") if any(row.get(t) is not None for t in targets) else ""
         met = _met(row.get("met")) if target else ("**errors**" if row["errors"] else "")
         rss = f"{row['rss_mib_before']} → {row['rss_mib_after']}"
+        spent = row.get("cpu_ms_per_request") or {}
+        cpu = " / ".join(f"{spent[name]:.2f}" for name in ("workers", "postgres") if name in spent)
         note = f" ({row['note']})" if row.get("note") else ""
         lines.append(
             f"| {row['description']}{note} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
-            f"| {row['errors']} | {its_ceiling} | {ratio} | {target} | {met} | {rss} |"
+            f"| {row['errors']} | {its_ceiling} | {ratio} | {target} | {met} | {cpu} | {rss} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
-from bench import report, seed  # noqa: E402
+from bench import cpu, report, seed  # noqa: E402
 
 LUA = ROOT / "bench" / "lua"
 RESULTS = ROOT / "bench" / "results"
@@ -264,6 +264,8 @@ def summarise(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": statistics.median(r["p50_ms"] for r in runs),
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
+        "cpu_ms_per_request": {name: statistics.median(r["cpu_ms_per_request"][name] for r in runs)
+                               for name in runs[0].get("cpu_ms_per_request", {})},
     }
 
 
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", ADMIN_URL),
                         help="a PostgreSQL URL allowed to CREATE DATABASE")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the database (prints its URL)")
+    parser.add_argument("--sql", type=Path, help="an SQL file run on the seeded database before the apps start "
+                        "(an experiment: a trigger dropped, say)")
     args = parser.parse_args(argv)
 
     now = datetime.now(UTC)
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         seed.migrate_and_seed(url, args.rows)
         seed.seed_ceiling(url)
         print(f"  seeded in {time.monotonic() - t0:.1f} s", flush=True)
+        if args.sql:
+            seed.run_sql(url, args.sql.read_text())
+            print(f"  ran {args.sql}", flush=True)
         sample = work_dir / "sample.ids"
         sample.write_text("\n".join(seed.sample_incident_ids(url, SAMPLED_IDS)) + "\n")
         if args.explain:
@@ -460,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
                 spies = []
                 if index == 1 and scenario.name in profiled:
                     spies = profile_workers(process, out / "profiles", f"{name}-{scenario.name}", args.duration)
+                meter = cpu.CpuMeter({"workers": process.workers(), "postgres": cpu.backends(url)})
                 outcome = drive(scenario, index, duration, ids_file)
+                outcome["cpu_ms_per_request"] = meter.per_request_ms(outcome["requests"])
                 for spy in spies:
                     spy.wait(timeout=args.duration + 60)
                 if scenario.ids == "open" and seed.count_open(url, provisioned) == 0:

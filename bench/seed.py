@@ -155,6 +155,14 @@ def sample_incident_ids(url: str, count: int) -> list[str]:
     return ids
 
 
+def run_sql(url: str, sql: str) -> None:
+    """Run an SQL script on the benchmark's database, in one transaction."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(sql)
+    engine.dispose()
+
+
 def provision_open_incidents(url: str, count: int) -> list[str]:
     """Fresh open incidents, so that every acknowledge of a run changes a different incident."""
     engine = sa.create_engine(url)

@@ -177,9 +177,8 @@ class IncidentService:
             change = request.plan(row, self.clock())
             if not change.values:
                 return self._updated(row, alerts, change)
-            with self.store.single_statement() as conn:
-                updated = repo.update_if_unchanged(conn, row, change.values, change.timeline,
-                                                   unchanged=request.depends_on)
+            updated = self.store.update_if_unchanged(row, change.values, change.timeline,
+                                                     unchanged=request.depends_on)
             if updated is not None:
                 return self._updated(updated, alerts, change)
         with self.store.writing() as conn:
@@ -236,7 +235,7 @@ class WebhookService:
         row = {"id": uuid.uuid4(), "url": url, "description": description,
                "types": None if types is None else list(dict.fromkeys(types)),
                "service": service, "severity": severity, "secret": new_secret(), "created_at": self.clock()}
-        with self.store.single_statement() as conn:
+        with self.store.writing() as conn:
             webhook_queries.insert(conn, row)
         return {**row, "last_delivery_at": None, "last_status": None, "pending": 0}
 

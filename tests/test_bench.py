@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from bench import explain, run, seed
+from bench import cpu, explain, run, seed
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -101,6 +101,37 @@ def test_explain_shows_the_plans_the_service_runs(bench_database):
     assert "percentile_cont" not in sections[5] and "percentile_cont" in sections[6]
 
 
+def test_cpu_per_request_counts_the_backends_of_its_own_database(bench_database, pg_database):
+    busy = "SELECT count(*) FROM generate_series(1, 2000000)"
+    mine, other = sa.create_engine(bench_database), sa.create_engine(pg_database())
+    try:
+        with mine.connect() as on_mine, other.connect() as on_other:
+            backends = cpu.backends(bench_database)
+            assert len(backends) == 1
+            meter = cpu.CpuMeter({"postgres": backends})
+            on_other.exec_driver_sql(busy)
+            assert meter.per_request_ms(1) == {"postgres": 0.0}, "another database's backend does not count"
+            on_mine.exec_driver_sql(busy)
+            assert meter.per_request_ms(10)["postgres"] > 1  # ms per "request": 2,000,000 rows in ten
+    finally:
+        mine.dispose()
+        other.dispose()
+
+
+def test_the_sql_of_an_experiment_runs_on_the_database(bench_database):
+    seed.migrate_and_seed(bench_database, 10)
+    seed.run_sql(bench_database, "DROP TRIGGER incident_events_enqueue_webhooks ON incidents.incident_events;"
+                                 " DROP TRIGGER incident_events_notify_feed ON incidents.incident_events")
+    engine = sa.create_engine(bench_database)
+    try:
+        with engine.connect() as conn:
+            left = conn.exec_driver_sql("SELECT count(*) FROM pg_trigger WHERE tgrelid ="
+                                        " 'incidents.incident_events'::regclass AND NOT tgisinternal").scalar_one()
+    finally:
+        engine.dispose()
+    assert left == 0
+
+
 def test_wrk_summary_line_is_read_into_figures():
     stdout = (
         "Running 15s test @ http://127.0.0.1:1/\n"
@@ -186,4 +217,5 @@ def test_a_tiny_run_writes_results_with_no_errors(postgres_available, tmp_path):
     get_one = measured["get_one"]
     assert get_one["ratio"] == round(get_one["rps"] / get_one["ceiling_rps"], 3)
     assert (tmp_path / "tiny.md").read_text().count("\n|") >= 5
+    assert get_one["cpu_ms_per_request"]["workers"] > 0 and get_one["cpu_ms_per_request"]["postgres"] > 0
     assert (tmp_path / "tiny.png").read_bytes().startswith(b"\x89PNG")

@@ -45,6 +45,13 @@ by_dialect = pytest.mark.parametrize("empty_database", DIALECTS, indirect=True)
 postgresql_only = pytest.mark.parametrize("empty_database", ["postgresql"], indirect=True)
 
 
+def at_revision(url: str, revision: str) -> tuple[Settings, sa.Engine]:
+    """The database upgraded to `revision` only: its settings, and an engine on it."""
+    settings = Settings(database_url=url)
+    command.upgrade(migrate.alembic_config(settings), revision)
+    return settings, create_engine(settings)
+
+
 def upgraded(url: str) -> sa.Engine:
     migrate.upgrade(Settings(database_url=url))
     return create_engine(Settings(database_url=url))
@@ -502,9 +509,7 @@ def _index_names(engine: sa.Engine) -> set[str]:
 
 @by_dialect
 def test_0008_indexes_the_incidents_already_there_and_downgrades(empty_database):
-    settings = Settings(database_url=empty_database)
-    command.upgrade(migrate.alembic_config(settings), "0005")
-    engine = create_engine(settings)
+    settings, engine = at_revision(empty_database, "0005")
     incidents = metadata.tables[f"{SCHEMA}.incidents"]
     try:
         with engine.begin() as conn:  # written before 0008: MTTA 1.5, 2.5, 10 s; MTTR 100.25 s
@@ -531,5 +536,58 @@ def test_0008_indexes_the_incidents_already_there_and_downgrades(empty_database)
         assert not ANALYTICS_INDEXES & _index_names(engine)
         migrate.upgrade(settings)  # and up again
         assert ANALYTICS_INDEXES <= _index_names(engine)
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 0009: webhooks guard
+
+
+def _deliveries_for_a_new_event(engine: sa.Engine, n: int) -> int:
+    """Write incident `n` and one event for it; how many deliveries the event got."""
+    tables = metadata.tables
+    incidents, events = tables[f"{SCHEMA}.incidents"], tables[f"{SCHEMA}.incident_events"]
+    deliveries = tables[f"{SCHEMA}.webhook_deliveries"]
+    with engine.begin() as conn:
+        conn.execute(incidents.insert().values(
+            id=uuid.UUID(int=n), incident_id=f"inc-{n:016x}", title="t", service="api", severity="low",
+            status="open", notes=[], created_at=NOW, updated_at=NOW))
+        event_id = conn.execute(events.insert().values(
+            incident_id=uuid.UUID(int=n), type="note_added", details={}, created_at=NOW)
+            .returning(events.c.id)).scalar_one()
+        return conn.execute(sa.select(sa.func.count()).where(deliveries.c.event_id == event_id)).scalar_one()
+
+
+def _enqueue_function(engine: sa.Engine) -> str | None:
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(f"SELECT prosrc FROM pg_proc WHERE oid = '{SCHEMA}.enqueue_webhook_deliveries'"
+                                    "::regproc").scalar_one()
+
+
+@by_dialect
+def test_0009_delivers_as_0008_did_with_a_subscription_and_writes_nothing_without_one(empty_database):
+    settings, engine = at_revision(empty_database, "0008")
+    webhooks = metadata.tables[f"{SCHEMA}.webhooks"]
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        at_0008 = _enqueue_function(engine)
+        with engine.begin() as conn:
+            conn.execute(webhooks.insert().values(id=uuid.uuid4(), url="http://127.0.0.1:9/hook", secret="whsec_x",
+                                                  created_at=NOW))
+        assert _deliveries_for_a_new_event(engine, 1) == 1
+        migrate.upgrade(settings)
+        assert _deliveries_for_a_new_event(engine, 2) == 1, "a subscription still gets every event"
+        at_head = _enqueue_function(engine)
+        assert ("IF NOT EXISTS" in at_head) if postgres else at_head is None
+        with engine.begin() as conn:
+            conn.execute(webhooks.delete())
+        assert _deliveries_for_a_new_event(engine, 3) == 0
+        command.downgrade(migrate.alembic_config(settings), "0008")
+        assert _enqueue_function(engine) == at_0008
+        assert _deliveries_for_a_new_event(engine, 4) == 0
+        migrate.upgrade(settings)  # and up again
+        assert _enqueue_function(engine) == at_head
     finally:
         engine.dispose()

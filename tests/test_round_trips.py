@@ -127,8 +127,8 @@ def test_acknowledge_reads_then_writes_row_and_event_in_one_statement(client, se
     acknowledged = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
     assert acknowledged.json["status"] == "acknowledged"
     # No transaction: the incident with its alerts, then the UPDATE (if the status is still as read)
-    # with its timeline event as a CTE, each committing by itself.
-    assert executed(sent) == [("EXECUTE", True), ("WITH", True)]
+    # with its timeline event as a CTE, each a prepared statement committing by itself.
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
 
 
 def test_same_status_again_writes_nothing(client, sent):

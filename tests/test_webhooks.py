@@ -1,7 +1,9 @@
 """Webhooks (contract 7): subscriptions, a delivery row per matching event written with the change on
 every path, deliveries signed per the Standard Webhooks specification (checked by the receiver with
 the `standardwebhooks` library), retried with the same `webhook-id`, filtered, stopped by a DELETE,
-bounded per receiver, counted and shown."""
+bounded per receiver, counted and shown.
+
+One file past 300 lines: these are one feature's promises, end to end, and they share its fixtures."""
 
 from __future__ import annotations
 
@@ -194,6 +196,55 @@ def test_events_written_before_the_subscription_are_not_delivered(client, subscr
     create_incident()
     subscribe()
     assert deliveries(database_url) == []
+
+
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+_EVENT = ("INSERT INTO incidents.incident_events (incident_id, type, details, created_at)"
+          " VALUES (:pk, :type, '{}', now()) RETURNING id")
+
+
+def lock_waiters(url):
+    """Backends of this database waiting for a lock on the timeline."""
+    return rows(url, "SELECT pid FROM pg_locks WHERE NOT granted"
+                     " AND relation = 'incidents.incident_events'::regclass")
+
+
+@postgresql_only
+def test_every_event_committed_after_the_subscriptions_201_is_delivered(client, receiver, database_url,
+                                                                       create_incident):
+    """The boundary of migration 0009's guard. An event written before the subscription, committed
+    while it is being stored, and one written meanwhile: whichever commits after the 201 has its
+    delivery (repository/webhooks.insert makes the subscription wait for the first, the second for it)."""
+    pk = rows(database_url, "SELECT id FROM incidents.incidents WHERE incident_id = :i",
+              i=create_incident()["incident_id"])[0].id
+    engine = sa.create_engine(database_url)
+    answers, later_event = [], []
+
+    def write_later_event():
+        with engine.begin() as conn:
+            later_event.append(conn.execute(sa.text(_EVENT), {"pk": pk, "type": "reassigned"}).scalar_one())
+
+    try:
+        with engine.connect() as earlier:
+            earlier.begin()
+            earlier_event = earlier.execute(sa.text(_EVENT), {"pk": pk, "type": "note_added"}).scalar_one()
+            storing = threading.Thread(target=lambda: answers.append(
+                client.post(HOOKS, json={"url": receiver.url + RECEIVE})))
+            storing.start()
+            assert wait_until(lambda: answers or lock_waiters(database_url), timeout=10)
+            writing = threading.Thread(target=write_later_event)
+            writing.start()
+            wait_until(lambda: later_event or len(lock_waiters(database_url)) == 2, timeout=10)
+            earlier_after_201 = bool(answers)
+            earlier.commit()
+        storing.join(10)
+        writing.join(10)
+    finally:
+        engine.dispose()
+    assert [answer.status_code for answer in answers] == [201]
+    delivered = {r.event_id for r in deliveries(database_url)}
+    assert later_event[0] in delivered
+    assert earlier_event in delivered or not earlier_after_201, "committed after the 201, yet not delivered"
 
 
 def test_a_failed_change_stores_no_delivery(client, subscribe, database_url, create_incident):

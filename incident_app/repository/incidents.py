@@ -261,18 +261,26 @@ def update_if_unchanged(
     """Write `values` and the `timeline` events to the incident read as `row`, in one statement,
     only if its `unchanged` columns still hold what `row` holds; the changed row, or None (nothing
     written) when another write got there first."""
-    postgres = conn.dialect.name == "postgresql"
-    update = _update_if_unchanged(tuple(values), tuple(unchanged))
-    parameters = {"pk": row.id, **{f"was_{name}": row._mapping[name] for name in unchanged},
-                  **prefixed(values, "new_")}
-    if not postgres:
-        rows = conn.execute(update, parameters).all()
-        if rows:
-            events.insert_events(*timeline, dialect=conn.dialect.name).execute(conn)
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(*change_if_unchanged(row, values, timeline, unchanged=unchanged)).all()
         return rows[0] if rows else None
-    statement = _with_events_from(update, len(timeline))
-    rows = conn.execute(statement, {**parameters, **events.parameters(timeline, "event")}).all()
+    rows = conn.execute(_update_if_unchanged(tuple(values), tuple(unchanged)),
+                        _unchanged_parameters(row, values, unchanged)).all()
+    if rows:
+        events.insert_events(*timeline, dialect=conn.dialect.name).execute(conn)
     return rows[0] if rows else None
+
+
+def change_if_unchanged(
+    row: Row, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]], *, unchanged: Sequence[str],
+) -> tuple[sa.Select, dict[str, Any]]:
+    """PostgreSQL: `update_if_unchanged`'s one statement (built once per shape) and its parameters."""
+    statement = _with_events_from(_update_if_unchanged(tuple(values), tuple(unchanged)), len(timeline))
+    return statement, {**_unchanged_parameters(row, values, unchanged), **events.parameters(timeline, "event")}
+
+
+def _unchanged_parameters(row: Row, values: Mapping[str, Any], unchanged: Sequence[str]) -> dict[str, Any]:
+    return {"pk": row.id, **{f"was_{name}": row._mapping[name] for name in unchanged}, **prefixed(values, "new_")}
 
 
 @functools.cache

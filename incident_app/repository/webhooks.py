@@ -23,6 +23,17 @@ FAILED = "failed"  # a delivery's last attempt failed; it is still pending
 
 
 def insert(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Store a subscription, in the caller's transaction: from its commit on, every event written is
+    matched against it.
+
+    PostgreSQL's trigger reads the subscriptions when an event is written, which may be well before
+    that event commits (and returns at once when it finds none, migration 0009). A SHARE lock on the
+    timeline first waits for the transactions writing events now to commit, and holds back new
+    writes until this one commits: no event written before the subscription existed can commit
+    after it was stored. Subscriptions are rare; the writes wait a moment, once.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"LOCK TABLE {incident_events.fullname} IN SHARE MODE")
     conn.execute(webhooks.insert().values(**row))
 
 

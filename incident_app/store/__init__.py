@@ -122,6 +122,16 @@ class Store(abc.ABC):
             record_failure(conn)
             return assigned
 
+    # ------------------------------------------------------------------ changes
+
+    def update_if_unchanged(
+        self, row: Row, values: dict[str, Any], timeline: Sequence[dict[str, Any]], *, unchanged: Sequence[str],
+    ) -> Row | None:
+        """Write a change and its events to the incident read as `row`, in one statement, only if its
+        `unchanged` columns still hold what `row` holds (repository.incidents.update_if_unchanged)."""
+        with self.single_statement() as conn:
+            return repo.update_if_unchanged(conn, row, values, timeline, unchanged=unchanged)
+
     # ------------------------------------------------------------------ reads
 
     def find(self, incident_id: str) -> Row | None:
