@@ -6,10 +6,13 @@ by the key, and a bad key is a 422. Concurrency through real gunicorn is in test
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from incident_app import schemas
 from tests.support.incidents import URL, VALID
+from tests.test_linked_alerts import add_platform_alert, platform_alerts  # noqa: F401 (a fixture)
 from tests.test_metrics import families, open_counts
 from tests.test_stream import follow
 
@@ -250,3 +253,68 @@ def test_grouping_events_are_in_the_timeline_schema_and_the_feeds_type_filter(cl
     assert {"alert_grouped", "severity_raised"} <= set(event_types)
     response = client.get("/api/v1/stream", query_string={"types": "alert_grouped,severity_raised", "after": "x"})
     assert response.status_code == 422 and set(response.get_json()["errors"]) == {"after"}
+
+
+# --------------------------------------------------------------------------- the grouped answer's alerts
+
+
+def test_the_grouped_answer_carries_the_alerts_as_get_one_does_in_order_and_shape(client, clock):
+    """A grouped answer's alerts are written apart from the rest of the document (on PostgreSQL by
+    the database): the same entries, in the same order (oldest link first, then by alert id), as
+    GET one's, and the body is the incident IncidentSchema declares."""
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 100, tzinfo=UTC)
+    clock.set(t0)
+    first = alert(client, alert_ids=[str(uuid.UUID(int=9))]).get_json()
+    clock.set(t0 + timedelta(seconds=1))
+    together = [str(uuid.UUID(int=n)) for n in (7, 3, 5)]  # linked at one time: by alert id
+    alert(client, alert_ids=together)
+    clock.set(t0 + timedelta(seconds=2, microseconds=-100))
+    response = alert(client, alert_ids=[str(uuid.UUID(int=1)), together[0]])
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    grouped = response.get_json()
+    read = client.get(f"{URL}/{first['incident_id']}").get_json()
+    assert grouped == read
+    assert grouped["alert_ids"] == [str(uuid.UUID(int=n)) for n in (9, 3, 5, 7, 1)]
+    assert [a["linked_at"] for a in grouped["alerts"]] == [
+        "2026-11-26T10:00:00.000100+00:00", *["2026-11-26T10:00:01.000100+00:00"] * 3,
+        "2026-11-26T10:00:02.000000+00:00"]
+    assert grouped["alerts"][0] == {"alert_id": str(uuid.UUID(int=9)), "linked_at": "2026-11-26T10:00:00.000100+00:00",
+                                    "url": f"http://alert-ingestion:8001/api/v1/alerts/{uuid.UUID(int=9)}"}
+    assert schemas.IncidentSchema().validate(grouped) == {}
+    assert list(grouped)[-2:] == ["alerts", "alert_ids"], "the alerts last, as in every full incident"
+
+
+def test_an_incident_grouped_without_alerts_answers_empty_lists(client):
+    alert(client)
+    grouped = alert(client).get_json()
+    assert grouped["alerts"] == [] and grouped["alert_ids"] == []
+    assert client.get(f"{URL}/{grouped['incident_id']}").get_json() == grouped
+
+
+def test_a_grouped_answer_reads_the_alerts_after_its_commit_those_of_other_requests_included(client):
+    first = alert(client, alert_ids=[str(uuid.UUID(int=1))]).get_json()
+    linked = client.post(f"{URL}/{first['incident_id']}/alerts", json={"alert_ids": [str(uuid.UUID(int=2))]})
+    assert linked.status_code == 200
+    grouped = alert(client, alert_ids=[str(uuid.UUID(int=3))]).get_json()
+    assert grouped["alert_ids"] == [str(uuid.UUID(int=n)) for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_grouped_answer_carries_the_platforms_alert_fields_as_get_one_does(client, clock, platform_alerts):
+    """With the platform's alerts table the entries the database writes carry its fields (null ones
+    included) for the alerts it holds, and the link alone for the others, as GET one's."""
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+    clock.set(t0)
+    known, unknown, silent = (uuid.UUID(int=n) for n in (1, 2, 3))
+    add_platform_alert(platform_alerts, known, 'p99 "latency" 2.3 s ✓', t0 - timedelta(seconds=90))
+    add_platform_alert(platform_alerts, silent, None, None)
+    first = alert(client, alert_ids=[str(known)]).get_json()
+    grouped = alert(client, alert_ids=[str(unknown), str(silent)]).get_json()
+    assert grouped == client.get(f"{URL}/{first['incident_id']}").get_json()
+    by_id = {a["alert_id"]: a for a in grouped["alerts"]}
+    assert by_id[str(known)] == {
+        "alert_id": str(known), "linked_at": "2026-11-26T10:00:00.123456+00:00", "service": "checkout",
+        "severity": "warning", "message": 'p99 "latency" 2.3 s ✓', "timestamp": "2026-11-26T09:58:30.123456+00:00",
+        "url": f"http://alert-ingestion:8001/api/v1/alerts/{known}"}
+    assert set(by_id[str(unknown)]) == {"alert_id", "linked_at", "url"}
+    assert by_id[str(silent)]["message"] is None and by_id[str(silent)]["timestamp"] is None

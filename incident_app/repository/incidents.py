@@ -345,6 +345,27 @@ def _linked_alerts(enrich: bool) -> sa.Select:
 
 
 @functools.cache
+def linked_alerts_json(enrich: bool) -> sa.Select:
+    """PostgreSQL: the linked alerts of one incident (bound as `incident_pk`) as two JSON texts, its
+    document's `alerts` (each alert's url: `alert_url` followed by its id) and `alert_ids`, in
+    `linked_alerts`' order (documents.AlertsJson). Built once."""
+    url = sa.bindparam("alert_url", type_=sa.Text) + sa.cast(incident_alerts.c.alert_id, sa.Text)
+    alert, source = platform_alerts.alert_json(enrich, url)
+    oldest_first = (incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+
+    def array(value: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+        aggregated = sa.func.json_agg(postgresql.aggregate_order_by(value, *oldest_first))
+        # As text: psycopg2 would otherwise decode the json into Python objects.
+        return sa.cast(sa.func.coalesce(aggregated, sa.literal_column("'[]'::json")), sa.Text)
+
+    return (
+        sa.select(array(alert).label("alerts"), array(incident_alerts.c.alert_id).label("alert_ids"))
+        .select_from(source)
+        .where(incident_alerts.c.incident_id == sa.bindparam("incident_pk", type_=sa.Uuid()))
+    )
+
+
+@functools.cache
 def incident_with_alerts(enrich: bool, for_update: bool) -> sa.Select:
     """An incident (bound as `incident_id`) and its linked alerts in one statement, one row per
     alert: the hot read path, one round trip. `for_update` locks the incident's row (PostgreSQL;

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app.batching import GroupCommit
-from incident_app.documents import Page
+from incident_app.documents import AlertsJson, Page
 from incident_app.prepared import execute_prepared
 from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts, pages, platform_alerts
@@ -86,6 +86,17 @@ class PostgresStore(Store):
             return repo.linked_alerts(conn, [incident_pk], enrich=enrich)[incident_pk]
 
         return platform_alerts.enriched_if_possible(conn, query)
+
+    def linked_alerts_json(self, incident_pk: uuid.UUID, alert_url: str) -> AlertsJson:
+        # Written by PostgreSQL in C: at 330 alerts, reading them into Python and formatting them
+        # cost a grouped create 3 ms of worker CPU.
+        parameters = {"incident_pk": incident_pk, "alert_url": alert_url}
+        with self.reading() as conn:
+            def query(enrich: bool) -> AlertsJson:
+                texts = execute_prepared(conn, repo.linked_alerts_json(enrich), parameters).one()
+                return AlertsJson(texts.alerts, texts.alert_ids)
+
+            return platform_alerts.enriched_if_possible(conn, query)
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
         with transaction(self.engine) as conn:
