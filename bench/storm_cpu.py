@@ -28,7 +28,9 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench import seed  # noqa: E402
-from bench.run import ADMIN_URL, STORM_KEYS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script  # noqa: E402
+from bench.run import (  # noqa: E402
+    ADMIN_URL, STORM_KEYS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script,
+)
 from bench.stream import cpu_seconds  # noqa: E402
 
 SCENARIOS = {

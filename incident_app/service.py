@@ -102,18 +102,17 @@ class IncidentService:
             if reservation is not None:
                 self._release_quietly(reservation)
             raise
-        if isinstance(stored, Grouped):
-            row = self.opening.announce_grouped(stored)
-            # Read after the grouping's commit: the alerts as they then stand, as GET one would read them.
-            created = Created(incident_document(row), grouped=True,
-                              alerts=self.store.linked_alerts_json(row.id, self._alert_url("")))
-        else:
-            row = self.opening.assign_and_notify(stored)
-            created = Created(self._document(row, stored.alerts))
+        grouped = isinstance(stored, Grouped)
+        row = self.opening.announce_grouped(stored) if grouped else self.opening.assign_and_notify(stored)
         # Until here a retry with the same key is told the first is still in flight (409).
         if reservation is not None:
             self._complete_quietly(reservation)
-        return created
+        if not isinstance(stored, Grouped):
+            return Created(self._document(row, stored.alerts))
+        # Read after the grouping's commit, as GET one would read them (and after the key's completion:
+        # should the read fail, a retry replays the grouping instead of waiting for the key to go stale).
+        alerts = self.store.linked_alerts_json(row.id, self._alert_url(""))
+        return Created(incident_document(row), grouped=True, alerts=alerts)
 
     def _attacher(self, reservation: Reservation) -> Attach:
         return lambda conn, incident_pk, grouped: self.idempotency.attach(conn, reservation, incident_pk, grouped)

@@ -149,5 +149,6 @@ def test_alerts_written_apart_splice_into_the_same_document(client, app, create_
     assert (json.loads(written.alerts), json.loads(written.alert_ids)) == (
         json.loads(expected.alerts), json.loads(expected.alert_ids))
     spliced = documents.incident_json_text(documents.incident_document(row), written)
-    assert json.loads(spliced) == documents.incident_json(document) == json.loads(documents.incident_json_text(document))
+    whole = documents.incident_json(document)
+    assert json.loads(spliced) == whole == json.loads(documents.incident_json_text(document))
     assert list(json.loads(spliced)) == list(schemas.IncidentSchema().dump(document)), "fields in the schema's order"

@@ -12,7 +12,7 @@ import pytest
 
 from incident_app import schemas
 from tests.support.incidents import URL, VALID
-from tests.test_linked_alerts import add_platform_alert, platform_alerts  # noqa: F401 (a fixture)
+from tests.support.platform_alerts import add_platform_alert, platform_table
 from tests.test_metrics import families, open_counts
 from tests.test_stream import follow
 
@@ -300,17 +300,19 @@ def test_a_grouped_answer_reads_the_alerts_after_its_commit_those_of_other_reque
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_the_grouped_answer_carries_the_platforms_alert_fields_as_get_one_does(client, clock, platform_alerts):
+def test_the_grouped_answer_carries_the_platforms_alert_fields_as_get_one_does(client, clock, database_url):
     """With the platform's alerts table the entries the database writes carry its fields (null ones
     included) for the alerts it holds, and the link alone for the others, as GET one's."""
     t0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
     clock.set(t0)
     known, unknown, silent = (uuid.UUID(int=n) for n in (1, 2, 3))
-    add_platform_alert(platform_alerts, known, 'p99 "latency" 2.3 s ✓', t0 - timedelta(seconds=90))
-    add_platform_alert(platform_alerts, silent, None, None)
-    first = alert(client, alert_ids=[str(known)]).get_json()
-    grouped = alert(client, alert_ids=[str(unknown), str(silent)]).get_json()
-    assert grouped == client.get(f"{URL}/{first['incident_id']}").get_json()
+    with platform_table(database_url) as conn:
+        add_platform_alert(conn, known, 'p99 "latency" 2.3 s ✓', t0 - timedelta(seconds=90))
+        add_platform_alert(conn, silent, None, None)
+        first = alert(client, alert_ids=[str(known)]).get_json()
+        grouped = alert(client, alert_ids=[str(unknown), str(silent)]).get_json()
+        read = client.get(f"{URL}/{first['incident_id']}").get_json()
+    assert grouped == read
     by_id = {a["alert_id"]: a for a in grouped["alerts"]}
     assert by_id[str(known)] == {
         "alert_id": str(known), "linked_at": "2026-11-26T10:00:00.123456+00:00", "service": "checkout",

@@ -105,7 +105,8 @@ def alert_json(enrich: bool, url: sa.ColumnElement[str]) -> tuple[sa.ColumnEleme
 
 def _json_object(pairs: Mapping[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
     # The names as SQL literals (constants here), as pages.page_json writes its keys.
-    return sa.func.json_build_object(*(x for name, value in pairs.items() for x in (sa.literal_column(f"'{name}'"), value)))
+    arguments = (x for name, value in pairs.items() for x in (sa.literal_column(f"'{name}'"), value))
+    return sa.func.json_build_object(*arguments)
 
 
 def alert_entry(row: Mapping[str, Any]) -> dict[str, Any]:
