@@ -5,12 +5,14 @@ by the key, and a bad key is a 422. Concurrency through real gunicorn is in test
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from incident_app import schemas
+from incident_app.repository.incidents import Grouping
 from tests.support.incidents import URL, VALID
 from tests.support.platform_alerts import add_platform_alert, platform_table
 from tests.test_metrics import families, open_counts
@@ -320,3 +322,66 @@ def test_the_grouped_answer_carries_the_platforms_alert_fields_as_get_one_does(c
         "url": f"http://alert-ingestion:8001/api/v1/alerts/{known}"}
     assert set(by_id[str(unknown)]) == {"alert_id", "linked_at", "url"}
     assert by_id[str(silent)]["message"] is None and by_id[str(silent)]["timestamp"] is None
+
+
+# --------------------------------------------------------------------------- PostgreSQL's batched grouping
+
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+def grouping(key, *alert_ids, at=None, title="again"):
+    return Grouping(key, at or datetime.now(UTC), list(alert_ids), {"title": title, "severity": "high",
+                                                                    "alert_ids": [str(a) for a in alert_ids]})
+
+
+@postgresql_only
+def test_one_statement_groups_many_creates_each_counted_linked_and_recorded_in_order(app, client):
+    """The group commit's write (incidents.group_many): two creates of one key, one of another, one
+    of a key nobody has and one of a resolved incident's key, in one statement."""
+    a = alert(client, key="a").get_json()
+    b = alert(client, key="b").get_json()
+    resolved = alert(client, key="gone").get_json()
+    assert client.patch(f"{URL}/{resolved['incident_id']}", json={"status": "resolved"}).status_code == 200
+    a1, a2, b1 = (uuid.UUID(int=n) for n in (1, 2, 3))
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 5, tzinfo=UTC)
+    batch = [grouping("a", a1, at=t0, title="first"), grouping("b", b1, at=t0), grouping("nobody", a1),
+             grouping("a", a1, a2, at=t0 + timedelta(seconds=1), title="second"), grouping("gone", a2)]
+    rows = app.extensions["store"].group_many(batch)
+    assert [row and row.incident_id for row in rows] == [a["incident_id"], b["incident_id"], None,
+                                                         a["incident_id"], None]
+    assert rows[0].grouped_count == rows[3].grouped_count == 2 and rows[1].grouped_count == 1
+    assert rows[0].last_grouped_at == t0 + timedelta(seconds=1)
+    read = client.get(f"{URL}/{a['incident_id']}").get_json()
+    assert read["alert_ids"] == [str(a1), str(a2)]
+    assert read["alerts"][0]["linked_at"] == "2026-11-26T10:00:00.000005+00:00", "the first create's time"
+    grouped_events = [e for e in events_of(client, a["incident_id"]) if e["type"] == "alert_grouped"]
+    assert [e["details"]["title"] for e in grouped_events] == ["first", "second"]
+    assert client.get(f"{URL}/{b['incident_id']}").get_json()["alert_ids"] == [str(b1)]
+    assert client.get(f"{URL}/{resolved['incident_id']}").get_json()["grouped_count"] == 0
+    assert client.get(URL, query_string={"dedup_key": "nobody"}).get_json()["total"] == 0
+
+
+@postgresql_only
+def test_batches_sharing_keys_in_opposite_orders_never_deadlock(app, client):
+    """Each batch locks its incidents in key order, whatever the order of its creates."""
+    for key in ("a", "b", "c"):
+        alert(client, key=key)
+    store = app.extensions["store"]
+    errors = []
+
+    def run(keys):
+        try:
+            for _ in range(30):
+                store.group_many([grouping(key, uuid.uuid4()) for key in keys])
+        except Exception as error:  # a deadlock is an OperationalError
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(keys,)) for keys in (("a", "b", "c"), ("c", "b", "a"), ("b", "a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    counts = {key: client.get(URL, query_string={"dedup_key": key}).get_json()["incidents"][0]["grouped_count"]
+              for key in ("a", "b", "c")}
+    assert counts == {"a": 90, "b": 90, "c": 60}

@@ -75,8 +75,9 @@ class Store(abc.ABC):
         """Fold a create into the unresolved incident with `dedup_key` (repository.incidents.group_into),
         with `attach` (an Idempotency-Key) in its transaction when given. The incident, or None
         (nothing written) when no unresolved incident has the key."""
+        grouping = repo.Grouping(dedup_key, now, alert_ids, details)
         with self.writing() if attach is not None else self.single_statement() as conn:
-            row = repo.group_into(conn, dedup_key=dedup_key, now=now, alert_ids=alert_ids, details=details)
+            row = repo.group_into(conn, grouping)
             if row is not None and attach is not None:
                 attach(conn, row.id, True)
             return row
