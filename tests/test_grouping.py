@@ -1,7 +1,10 @@
 """Alert grouping (contract 8), on both backends: a create with the dedup_key of an unresolved
 incident is folded into it (200, `Incident-Grouped: true`, no page), severity only rises and pages
 again, a resolved incident frees its key, a replay answers as the first request did, lists filter
-by the key, and a bad key is a 422. Concurrency through real gunicorn is in test_grouping_replicas.py."""
+by the key, and a bad key is a 422. Concurrency through real gunicorn is in test_grouping_replicas.py.
+
+Over 300 lines: every point of contract section 8 on both databases, with the grouped answer's
+alerts and PostgreSQL's batched grouping, in the order the issue lists them."""
 
 from __future__ import annotations
 

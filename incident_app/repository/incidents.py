@@ -1,4 +1,7 @@
-"""Queries on incidents and their linked alerts. Transactions belong to the caller."""
+"""Queries on incidents and their linked alerts. Transactions belong to the caller.
+
+Over 300 lines: each write of an incident is here in both its forms, PostgreSQL's single statement
+(often for many incidents at once) and SQLite's steps, side by side so that they change together."""
 
 from __future__ import annotations
 
