@@ -58,11 +58,10 @@ class Stored:
 
 @dataclass(frozen=True)
 class Grouped:
-    """A create folded into the unresolved incident of its `dedup_key` (committed): the incident, its
-    alerts, and the notification of the severity it raised (not yet tried), if it raised it."""
+    """A create folded into the unresolved incident of its `dedup_key` (committed): the incident and
+    the notification of the severity it raised (not yet tried), if it raised it."""
 
     row: Row
-    alerts: list[dict[str, Any]]
     raised: Pending | None
 
 
@@ -119,15 +118,13 @@ class IncidentOpening:
     ) -> Grouped | None:
         severity = fields["severity"]
         details = {"title": fields["title"], "severity": severity, "alert_ids": [str(a) for a in alert_ids]}
-        found = self.store.group_into(fields["dedup_key"], now=now, alert_ids=alert_ids, details=details,
-                                      attach=attach)
-        if found is None:
+        row = self.store.group_into(fields["dedup_key"], now=now, alert_ids=alert_ids, details=details,
+                                    attach=attach)
+        if row is None:
             return None
-        row, alerts = found
         if not lifecycle.more_severe(severity, row.severity):
-            return Grouped(row, alerts, None)
-        row, raised = self._raise(row, severity, now)
-        return Grouped(row, alerts, raised)
+            return Grouped(row, None)
+        return Grouped(*self._raise(row, severity, now))
 
     def _raise(self, row: Row, severity: str, now: datetime) -> tuple[Row, Pending | None]:
         """Raise the incident to `severity`, with its `severity_raised` event and a notification of the

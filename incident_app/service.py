@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Row
 
 from incident_app import lifecycle
 from incident_app.analytics_cache import AnalyticsCache
-from incident_app.documents import Page, incident_document
+from incident_app.documents import AlertsJson, Page, incident_document
 from incident_app.errors import IncidentNotFound, NothingToUpdate, WebhookNotFound
 from incident_app.flows import Grouped, IncidentOpening
 from incident_app.idempotency import IdempotencyKeys, Replay, Reservation, request_fingerprint
@@ -54,11 +54,13 @@ class Update:
 @dataclass(frozen=True)
 class Created:
     """A creation's answer. `grouped`: folded into the unresolved incident of its dedup_key, none
-    opened. `replayed`: an Idempotency-Key retry, answered as the first request was."""
+    opened. `replayed`: an Idempotency-Key retry, answered as the first request was. `alerts`: the
+    incident's alerts as JSON texts, when `incident` is the document without them (a grouped create)."""
 
     incident: dict[str, Any]
     replayed: bool = False
     grouped: bool = False
+    alerts: AlertsJson | None = None
 
 
 # Optimistic writes of a PATCH before it locks the row instead; each lost one means another request
@@ -105,7 +107,12 @@ class IncidentService:
         # Until here a retry with the same key is told the first is still in flight (409).
         if reservation is not None:
             self._complete_quietly(reservation)
-        return Created(self._document(row, stored.alerts), grouped=grouped)
+        if not isinstance(stored, Grouped):
+            return Created(self._document(row, stored.alerts))
+        # Read after the grouping's commit, as GET one would read them (and after the key's completion:
+        # should the read fail, a retry replays the grouping instead of waiting for the key to go stale).
+        alerts = self.store.linked_alerts_json(row.id, self._alert_url(""))
+        return Created(incident_document(row), grouped=True, alerts=alerts)
 
     def _attacher(self, reservation: Reservation) -> Attach:
         return lambda conn, incident_pk, grouped: self.idempotency.attach(conn, reservation, incident_pk, grouped)
@@ -132,8 +139,10 @@ class IncidentService:
 
     def _document(self, row: Row, alerts: list[dict[str, Any]]) -> dict[str, Any]:
         """The incident with its alerts, each linked to the alert in the Alert Ingestion Service."""
-        base = f"{self.alert_service_url}/api/v1/alerts"
-        return incident_document(row, [{**alert, "url": f"{base}/{alert['alert_id']}"} for alert in alerts])
+        return incident_document(row, [{**alert, "url": self._alert_url(alert["alert_id"])} for alert in alerts])
+
+    def _alert_url(self, alert_id: uuid.UUID | str) -> str:
+        return f"{self.alert_service_url}/api/v1/alerts/{alert_id}"
 
     def _existing(self, conn: Connection, incident_id: str, *, for_update: bool = False) -> tuple[Row, list[dict]]:
         """The incident and its linked alerts in one query, or IncidentNotFound; an id that cannot

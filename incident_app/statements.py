@@ -31,6 +31,11 @@ class Bound:
         return conn.execute(self.statement, self.parameters)
 
 
+def rfc3339_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """PostgreSQL: a time as documents.rfc3339 writes it (UTC, always microseconds), for JSON it builds."""
+    return sa.func.to_char(sa.func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+
+
 def bind(table: sa.Table, columns: Sequence[str], prefix: str) -> dict[str, sa.BindParameter[Any]]:
     """Bind parameters for `columns` of `table`, named `prefix` + column, typed as the columns."""
     return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in columns}

@@ -131,3 +131,24 @@ def test_created_incident_is_the_declared_schemas_dump(client, app, create_incid
         alerts[1].update(service="search", severity="low", message='"quoted" ✓', timestamp=None)
     document = documents.incident_document(row, alerts)
     assert documents.incident_json(document) == schemas.IncidentSchema().dump(document)
+
+
+def test_alerts_written_apart_splice_into_the_same_document(client, app, create_incident, clock):
+    """A grouped create's answer splices its alerts' JSON texts (AlertsJson) into the rest of the
+    document: the same document as incident_json's, whichever store wrote the texts, and the texts
+    PostgreSQL writes are those AlertsJson.of formats from the alerts read into Python."""
+    clock.set(T0)
+    created = create_incident(alert_ids=ALERT_IDS)
+    store = app.extensions["store"]
+    with app.extensions["engine"].connect() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.incident_id == created["incident_id"])).one()
+        alerts = [{**alert, "url": f"u/{alert['alert_id']}"} for alert in store.linked_alerts(conn, row.id)]
+    document = documents.incident_document(row, alerts)
+    written = store.linked_alerts_json(row.id, "u/")
+    expected = documents.AlertsJson.of(alerts)
+    assert (json.loads(written.alerts), json.loads(written.alert_ids)) == (
+        json.loads(expected.alerts), json.loads(expected.alert_ids))
+    spliced = documents.incident_json_text(documents.incident_document(row), written)
+    whole = documents.incident_json(document)
+    assert json.loads(spliced) == whole == json.loads(documents.incident_json_text(document))
+    assert list(json.loads(spliced)) == list(schemas.IncidentSchema().dump(document)), "fields in the schema's order"

@@ -1,15 +1,23 @@
 """Alert grouping (contract 8), on both backends: a create with the dedup_key of an unresolved
 incident is folded into it (200, `Incident-Grouped: true`, no page), severity only rises and pages
 again, a resolved incident frees its key, a replay answers as the first request did, lists filter
-by the key, and a bad key is a 422. Concurrency through real gunicorn is in test_grouping_replicas.py."""
+by the key, and a bad key is a 422. Concurrency through real gunicorn is in test_grouping_replicas.py.
+
+Over 300 lines: every point of contract section 8 on both databases, with the grouped answer's
+alerts and PostgreSQL's batched grouping, in the order the issue lists them."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from incident_app import schemas
+from incident_app.repository.incidents import Grouping
 from tests.support.incidents import URL, VALID
+from tests.support.platform_alerts import add_platform_alert, platform_table
 from tests.test_metrics import families, open_counts
 from tests.test_stream import follow
 
@@ -250,3 +258,133 @@ def test_grouping_events_are_in_the_timeline_schema_and_the_feeds_type_filter(cl
     assert {"alert_grouped", "severity_raised"} <= set(event_types)
     response = client.get("/api/v1/stream", query_string={"types": "alert_grouped,severity_raised", "after": "x"})
     assert response.status_code == 422 and set(response.get_json()["errors"]) == {"after"}
+
+
+# --------------------------------------------------------------------------- the grouped answer's alerts
+
+
+def test_the_grouped_answer_carries_the_alerts_as_get_one_does_in_order_and_shape(client, clock):
+    """A grouped answer's alerts are written apart from the rest of the document (on PostgreSQL by
+    the database): the same entries, in the same order (oldest link first, then by alert id), as
+    GET one's, and the body is the incident IncidentSchema declares."""
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 100, tzinfo=UTC)
+    clock.set(t0)
+    first = alert(client, alert_ids=[str(uuid.UUID(int=9))]).get_json()
+    clock.set(t0 + timedelta(seconds=1))
+    together = [str(uuid.UUID(int=n)) for n in (7, 3, 5)]  # linked at one time: by alert id
+    alert(client, alert_ids=together)
+    clock.set(t0 + timedelta(seconds=2, microseconds=-100))
+    response = alert(client, alert_ids=[str(uuid.UUID(int=1)), together[0]])
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    grouped = response.get_json()
+    read = client.get(f"{URL}/{first['incident_id']}").get_json()
+    assert grouped == read
+    assert grouped["alert_ids"] == [str(uuid.UUID(int=n)) for n in (9, 3, 5, 7, 1)]
+    assert [a["linked_at"] for a in grouped["alerts"]] == [
+        "2026-11-26T10:00:00.000100+00:00", *["2026-11-26T10:00:01.000100+00:00"] * 3,
+        "2026-11-26T10:00:02.000000+00:00"]
+    assert grouped["alerts"][0] == {"alert_id": str(uuid.UUID(int=9)), "linked_at": "2026-11-26T10:00:00.000100+00:00",
+                                    "url": f"http://alert-ingestion:8001/api/v1/alerts/{uuid.UUID(int=9)}"}
+    assert schemas.IncidentSchema().validate(grouped) == {}
+    assert list(grouped)[-2:] == ["alerts", "alert_ids"], "the alerts last, as in every full incident"
+
+
+def test_an_incident_grouped_without_alerts_answers_empty_lists(client):
+    alert(client)
+    grouped = alert(client).get_json()
+    assert grouped["alerts"] == [] and grouped["alert_ids"] == []
+    assert client.get(f"{URL}/{grouped['incident_id']}").get_json() == grouped
+
+
+def test_a_grouped_answer_reads_the_alerts_after_its_commit_those_of_other_requests_included(client):
+    first = alert(client, alert_ids=[str(uuid.UUID(int=1))]).get_json()
+    linked = client.post(f"{URL}/{first['incident_id']}/alerts", json={"alert_ids": [str(uuid.UUID(int=2))]})
+    assert linked.status_code == 200
+    grouped = alert(client, alert_ids=[str(uuid.UUID(int=3))]).get_json()
+    assert grouped["alert_ids"] == [str(uuid.UUID(int=n)) for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_grouped_answer_carries_the_platforms_alert_fields_as_get_one_does(client, clock, database_url):
+    """With the platform's alerts table the entries the database writes carry its fields (null ones
+    included) for the alerts it holds, and the link alone for the others, as GET one's."""
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+    clock.set(t0)
+    known, unknown, silent = (uuid.UUID(int=n) for n in (1, 2, 3))
+    with platform_table(database_url) as conn:
+        add_platform_alert(conn, known, 'p99 "latency" 2.3 s ✓', t0 - timedelta(seconds=90))
+        add_platform_alert(conn, silent, None, None)
+        first = alert(client, alert_ids=[str(known)]).get_json()
+        grouped = alert(client, alert_ids=[str(unknown), str(silent)]).get_json()
+        read = client.get(f"{URL}/{first['incident_id']}").get_json()
+    assert grouped == read
+    by_id = {a["alert_id"]: a for a in grouped["alerts"]}
+    assert by_id[str(known)] == {
+        "alert_id": str(known), "linked_at": "2026-11-26T10:00:00.123456+00:00", "service": "checkout",
+        "severity": "warning", "message": 'p99 "latency" 2.3 s ✓', "timestamp": "2026-11-26T09:58:30.123456+00:00",
+        "url": f"http://alert-ingestion:8001/api/v1/alerts/{known}"}
+    assert set(by_id[str(unknown)]) == {"alert_id", "linked_at", "url"}
+    assert by_id[str(silent)]["message"] is None and by_id[str(silent)]["timestamp"] is None
+
+
+# --------------------------------------------------------------------------- PostgreSQL's batched grouping
+
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+def grouping(key, *alert_ids, at=None, title="again"):
+    return Grouping(key, at or datetime.now(UTC), list(alert_ids), {"title": title, "severity": "high",
+                                                                    "alert_ids": [str(a) for a in alert_ids]})
+
+
+@postgresql_only
+def test_one_statement_groups_many_creates_each_counted_linked_and_recorded_in_order(app, client):
+    """The group commit's write (incidents.group_many): two creates of one key, one of another, one
+    of a key nobody has and one of a resolved incident's key, in one statement."""
+    a = alert(client, key="a").get_json()
+    b = alert(client, key="b").get_json()
+    resolved = alert(client, key="gone").get_json()
+    assert client.patch(f"{URL}/{resolved['incident_id']}", json={"status": "resolved"}).status_code == 200
+    a1, a2, b1 = (uuid.UUID(int=n) for n in (1, 2, 3))
+    t0 = datetime(2026, 11, 26, 10, 0, 0, 5, tzinfo=UTC)
+    batch = [grouping("a", a1, at=t0, title="first"), grouping("b", b1, at=t0), grouping("nobody", a1),
+             grouping("a", a1, a2, at=t0 + timedelta(seconds=1), title="second"), grouping("gone", a2)]
+    rows = app.extensions["store"].group_many(batch)
+    assert [row and row.incident_id for row in rows] == [a["incident_id"], b["incident_id"], None,
+                                                         a["incident_id"], None]
+    assert rows[0].grouped_count == rows[3].grouped_count == 2 and rows[1].grouped_count == 1
+    assert rows[0].last_grouped_at == t0 + timedelta(seconds=1)
+    read = client.get(f"{URL}/{a['incident_id']}").get_json()
+    assert read["alert_ids"] == [str(a1), str(a2)]
+    assert read["alerts"][0]["linked_at"] == "2026-11-26T10:00:00.000005+00:00", "the first create's time"
+    grouped_events = [e for e in events_of(client, a["incident_id"]) if e["type"] == "alert_grouped"]
+    assert [e["details"]["title"] for e in grouped_events] == ["first", "second"]
+    assert client.get(f"{URL}/{b['incident_id']}").get_json()["alert_ids"] == [str(b1)]
+    assert client.get(f"{URL}/{resolved['incident_id']}").get_json()["grouped_count"] == 0
+    assert client.get(URL, query_string={"dedup_key": "nobody"}).get_json()["total"] == 0
+
+
+@postgresql_only
+def test_batches_sharing_keys_in_opposite_orders_never_deadlock(app, client):
+    """Each batch locks its incidents in key order, whatever the order of its creates."""
+    for key in ("a", "b", "c"):
+        alert(client, key=key)
+    store = app.extensions["store"]
+    errors = []
+
+    def run(keys):
+        try:
+            for _ in range(30):
+                store.group_many([grouping(key, uuid.uuid4()) for key in keys])
+        except Exception as error:  # a deadlock is an OperationalError
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(keys,)) for keys in (("a", "b", "c"), ("c", "b", "a"), ("b", "a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    counts = {key: client.get(URL, query_string={"dedup_key": key}).get_json()["incidents"][0]["grouped_count"]
+              for key in ("a", "b", "c")}
+    assert counts == {"a": 90, "b": 90, "c": 60}

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from incident_app.repository.platform_alerts import forget_table as forget_platform_alerts_table
 from incident_app.tables import incident_alerts
+from tests.support.platform_alerts import add_platform_alert, create_platform_table, platform_table
 
 URL = "/api/v1/incidents"
 T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -48,35 +49,11 @@ def link_directly(app, incident: dict, alert_id: uuid.UUID, linked_at: datetime)
         ))
 
 
-def create_platform_table(conn: sa.Connection) -> None:
-    """The Alert Ingestion Service's table, as the platform defines it."""
-    conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS alerts")
-    conn.exec_driver_sql(
-        "CREATE TABLE alerts.alerts (id UUID PRIMARY KEY, service TEXT, severity TEXT, message TEXT,"
-        " timestamp TIMESTAMPTZ)"
-    )
-
-
 @pytest.fixture
 def platform_alerts(database_url) -> Iterator[sa.Connection]:
     """The Alert Ingestion Service's table, in the same PostgreSQL database, for one test."""
-    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        create_platform_table(conn)
-        forget_platform_alerts_table()
-        try:
-            yield conn
-        finally:
-            conn.exec_driver_sql("DROP SCHEMA alerts CASCADE")
-            forget_platform_alerts_table()
-    engine.dispose()
-
-
-def add_platform_alert(conn: sa.Connection, alert_id: uuid.UUID, message: str | None, timestamp: datetime) -> None:
-    conn.execute(
-        sa.text("INSERT INTO alerts.alerts VALUES (:id, 'checkout', 'warning', :message, :timestamp)"),
-        {"id": alert_id, "message": message, "timestamp": timestamp},
-    )
+    with platform_table(database_url) as conn:
+        yield conn
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, url_for
@@ -91,7 +90,7 @@ class Incidents(MethodView):
         if created.replayed:
             response_headers["Idempotent-Replayed"] = "true"
         # The body from the declaration IncidentSchema is made of (documents.incident_json), sent as it is.
-        body = json.dumps(documents.incident_json(created.incident), separators=(",", ":"))
+        body = documents.incident_json_text(created.incident, created.alerts)
         return current_app.response_class(body, status=200 if created.grouped else 201, headers=response_headers,
                                           mimetype="application/json")
 

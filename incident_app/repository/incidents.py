@@ -1,4 +1,7 @@
-"""Queries on incidents and their linked alerts. Transactions belong to the caller."""
+"""Queries on incidents and their linked alerts. Transactions belong to the caller.
+
+Over 300 lines: each write of an incident is here in both its forms, PostgreSQL's single statement
+(often for many incidents at once) and SQLite's steps, side by side so that they change together."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
+from incident_app.prepared import execute_prepared
 from incident_app.repository import events, platform_alerts
 from incident_app.repository import outbox as outbox_queue
 from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed, unnest_arrays
@@ -123,27 +127,31 @@ def _insert_incident(columns: tuple[str, ...], dialect: str) -> sa.Insert:
     )
 
 
-def group_into(
-    conn: Connection, *, dedup_key: str, now: datetime, alert_ids: Sequence[uuid.UUID], details: Mapping[str, Any]
-) -> Row | None:
-    """Fold a create into the unresolved incident with `dedup_key`: one more grouped request, its
-    alerts linked (an alert already linked stays as it was) and its `alert_grouped` event with
-    `details`. The incident as updated, or None (nothing written) when no unresolved one has the key.
+@dataclass(frozen=True)
+class Grouping:
+    """A create to fold into the unresolved incident of its `dedup_key`: its alerts, and the `details`
+    of its `alert_grouped` event."""
 
-    PostgreSQL: one statement (the links and the event written from the UPDATE's RETURNING), so the
-    row is locked for that statement alone; in a storm every request of a key queues on that lock."""
-    parameters = {"key": dedup_key, "now": now}
-    if conn.dialect.name != "postgresql":
-        row = conn.execute(_GROUP_INTO, parameters).one_or_none()
-        if row is not None:
-            for write in (link_bound(conn.dialect.name, row.id, alert_ids, now),
-                          events.insert_events(events.event(row.id, "alert_grouped", at=now, details=details),
-                                               dialect=conn.dialect.name)):
-                if write is not None:
-                    write.execute(conn)
-        return row
-    values = {**parameters, "grouped_alert_ids": list(alert_ids), "grouped_details": dict(details)}
-    return conn.execute(_GROUP_INTO_WITH_LINKS_AND_EVENT, values).one_or_none()
+    dedup_key: str
+    now: datetime
+    alert_ids: Sequence[uuid.UUID]
+    details: Mapping[str, Any]
+
+
+def group_into(conn: Connection, grouping: Grouping) -> Row | None:
+    """Fold a create into the unresolved incident with its `dedup_key`: one more grouped request, its
+    alerts linked (an alert already linked stays as it was) and its `alert_grouped` event. The
+    incident as updated, or None (nothing written) when no unresolved one has the key."""
+    if conn.dialect.name == "postgresql":
+        return group_many(conn, [grouping])[0]
+    row = conn.execute(_GROUP_INTO, {"key": grouping.dedup_key, "now": grouping.now}).one_or_none()
+    if row is not None:
+        event = events.event(row.id, "alert_grouped", at=grouping.now, details=grouping.details)
+        for write in (link_bound(conn.dialect.name, row.id, grouping.alert_ids, grouping.now),
+                      events.insert_events(event, dialect=conn.dialect.name)):
+            if write is not None:
+                write.execute(conn)
+    return row
 
 
 _NOW = sa.bindparam("now", type_=incidents.c.updated_at.type)
@@ -155,25 +163,72 @@ _GROUP_INTO = (
 )
 
 
-def _group_into_with_links_and_event() -> sa.Select:
-    grouped = _GROUP_INTO.cte("grouped")
-    alert_ids = sa.func.unnest(sa.bindparam("grouped_alert_ids", type_=postgresql.ARRAY(sa.Uuid()))).table_valued(
-        sa.column("alert_id", sa.Uuid())).render_derived("given")
-    links = (
-        postgresql.insert(incident_alerts)
-        .from_select(_LINK_COLUMNS, sa.select(grouped.c.id, alert_ids.c.alert_id, _NOW).select_from(grouped)
-                     .join(alert_ids, sa.true()))
-        .on_conflict_do_nothing()
+def group_many(conn: Connection, groupings: Sequence[Grouping]) -> list[Row | None]:
+    """PostgreSQL: `group_into` for any number of creates in one statement (PostgresStore's group
+    commit hands it the groupings of the moment): each key's incident counted once per create, its
+    alerts linked, one `alert_grouped` event per create, in their order. Each create's incident as
+    the whole statement left it, or None where no unresolved incident has its key.
+
+    In a storm every grouping of a key waits for that incident's row, and every commit for the
+    lock PostgreSQL takes to queue a NOTIFY (the feed's trigger), held through the commit's WAL
+    flush: one statement per batch makes one wait and one commit of many. Rows are locked in key
+    order, so two batches sharing keys cannot deadlock."""
+    by_key: dict[str, list[Grouping]] = {}
+    for grouping in groupings:
+        by_key.setdefault(grouping.dedup_key, []).append(grouping)
+    keys = [{"key": key, "count": len(same), "now": max(g.now for g in same)} for key, same in by_key.items()]
+    first_links: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
+    for grouping in groupings:  # an alert two creates of a key bring is linked at the first one's time
+        for alert_id in grouping.alert_ids:
+            first_links.setdefault((grouping.dedup_key, alert_id),
+                                   {"key": grouping.dedup_key, "alert_id": alert_id, "linked_at": grouping.now})
+    timeline = [{"key": g.dedup_key, "details": dict(g.details), "created_at": g.now} for g in groupings]
+    parameters = {**arrays(keys, ("key", "count", "now"), "group_"),
+                  **arrays(list(first_links.values()), ("key", "alert_id", "linked_at"), "group_link_"),
+                  **arrays(timeline, ("key", "details", "created_at"), "group_event_")}
+    # Prepared: parsing and planning its parts was a third of a grouping's CPU in PostgreSQL; its
+    # plan (each key through its unique index) is the same for any values.
+    grouped = {row.dedup_key: row for row in execute_prepared(conn, _GROUP_MANY, parameters)}
+    return [grouped.get(grouping.dedup_key) for grouping in groupings]
+
+
+def _group_many() -> sa.Select:
+    key_type, time_type = incidents.c.dedup_key.type, incidents.c.updated_at.type
+    given = unnest_arrays({"key": key_type, "count": sa.Integer(), "now": time_type}, "group_", "given")
+    locked = (
+        sa.select(incidents.c.id, given.c.count, given.c.now)
+        .join_from(given, incidents, incidents.c.dedup_key == given.c.key)
+        .where(UNRESOLVED)
+        .order_by(incidents.c.dedup_key)
+        .with_for_update(of=incidents)
+        .cte("locked")
     )
+    grouped = (
+        incidents.update()
+        .where(incidents.c.id == locked.c.id)
+        .values(grouped_count=incidents.c.grouped_count + locked.c.count, last_grouped_at=locked.c.now,
+                updated_at=locked.c.now)
+        .returning(*incidents.c)
+        .cte("grouped")
+    )
+    link_given = unnest_arrays({"key": key_type, "alert_id": sa.Uuid(), "linked_at": time_type}, "group_link_",
+                               "given_links")
+    links = postgresql.insert(incident_alerts).from_select(
+        _LINK_COLUMNS, sa.select(grouped.c.id, link_given.c.alert_id, link_given.c.linked_at)
+        .join_from(link_given, grouped, grouped.c.dedup_key == link_given.c.key)
+    ).on_conflict_do_nothing()
+    event_given = unnest_arrays({"key": key_type, "details": incident_events.c.details.type, "created_at": time_type},
+                                "group_event_", "given_events", ordinality="position")
     kind = sa.cast(sa.literal_column("'alert_grouped'"), incident_events.c.type.type)
-    details = sa.bindparam("grouped_details", type_=incident_events.c.details.type)
     timeline = incident_events.insert().from_select(
-        events.COLUMNS, sa.select(grouped.c.id, kind, sa.null(), details, _NOW).select_from(grouped)
+        events.COLUMNS, sa.select(grouped.c.id, kind, sa.null(), event_given.c.details, event_given.c.created_at)
+        .join_from(event_given, grouped, grouped.c.dedup_key == event_given.c.key)
+        .order_by(event_given.c.position)  # the serial ids of the events follow the creates' order
     )
     return sa.select(*grouped.c).add_cte(links.cte("links"), timeline.cte("timeline"))
 
 
-_GROUP_INTO_WITH_LINKS_AND_EVENT = _group_into_with_links_and_event()
+_GROUP_MANY = _group_many()
 
 
 def locked(conn: Connection, incident_pk: uuid.UUID) -> Row | None:
@@ -349,6 +404,27 @@ def _linked_alerts(enrich: bool) -> sa.Select:
         .select_from(source)
         .where(incident_alerts.c.incident_id.in_(sa.bindparam("incident_pks", expanding=True)))
         .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+    )
+
+
+@functools.cache
+def linked_alerts_json(enrich: bool) -> sa.Select:
+    """PostgreSQL: the linked alerts of one incident (bound as `incident_pk`) as two JSON texts, its
+    document's `alerts` (each alert's url: `alert_url` followed by its id) and `alert_ids`, in
+    `linked_alerts`' order (documents.AlertsJson). Built once."""
+    url = sa.bindparam("alert_url", type_=sa.Text) + sa.cast(incident_alerts.c.alert_id, sa.Text)
+    alert, source = platform_alerts.alert_json(enrich, url)
+    oldest_first = (incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+
+    def array(value: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+        aggregated = sa.func.json_agg(postgresql.aggregate_order_by(value, *oldest_first))
+        # As text: psycopg2 would otherwise decode the json into Python objects.
+        return sa.cast(sa.func.coalesce(aggregated, sa.literal_column("'[]'::json")), sa.Text)
+
+    return (
+        sa.select(array(alert).label("alerts"), array(incident_alerts.c.alert_id).label("alert_ids"))
+        .select_from(source)
+        .where(incident_alerts.c.incident_id == sa.bindparam("incident_pk", type_=sa.Uuid()))
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
 from incident_app import documents
+from incident_app.statements import rfc3339_text
 from incident_app.tables import incident_counts, incidents
 
 
@@ -58,9 +59,6 @@ def list_incidents(conn: Connection, filters: ListFilters, *, limit: int, offset
     return page, int(total)
 
 
-_RFC3339_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'  # documents.rfc3339: UTC, always microseconds
-
-
 @functools.cache
 def page_json(filtered_on: tuple[str, ...]) -> sa.Select:
     """PostgreSQL: what `list_incidents` reads, as the API's JSON text, built by the database, for the
@@ -87,7 +85,7 @@ def page_json(filtered_on: tuple[str, ...]) -> sa.Select:
             return sa.cast(sa.extract("epoch", later - page.c.created_at), postgresql.DOUBLE_PRECISION)
         column = page.c[field.name]
         if field.kind == documents.TIMESTAMP:
-            return sa.func.to_char(sa.func.timezone("UTC", column), _RFC3339_UTC)
+            return rfc3339_text(column)
         return column
 
     # Each item is a row of the API's fields, turned into a JSON object as a whole (json_agg of the

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from incident_app.statements import rfc3339_text
 from incident_app.tables import UTCDateTime, incident_alerts
 from incident_app.transactions import autocommitting
 
@@ -84,6 +85,28 @@ def alert_selection(enrich: bool) -> tuple[list[Any], Any]:
         a.timestamp.label("alert_timestamp"),
     ]
     return columns, incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
+
+
+def alert_json(enrich: bool, url: sa.ColumnElement[str]) -> tuple[sa.ColumnElement[Any], Any]:
+    """PostgreSQL: a linked alert as the JSON object `alert_entry` makes of its row (the platform's
+    fields only for an alert its table holds) followed by its `url`, as documents.incident_json
+    writes it; and the tables it comes from (`alert_selection`'s)."""
+    link = incident_alerts.c
+    pairs: dict[str, sa.ColumnElement[Any]] = {"alert_id": link.alert_id, "linked_at": rfc3339_text(link.linked_at)}
+    _, source = alert_selection(enrich)
+    if not enrich:
+        return _json_object({**pairs, "url": url}), source
+    a = _platform_alerts.c
+    known = {**pairs, "service": sa.cast(a.service, sa.Text), "severity": sa.cast(a.severity, sa.Text),
+             "message": sa.cast(a.message, sa.Text), "timestamp": rfc3339_text(a.timestamp), "url": url}
+    entry = sa.case((a.id.is_not(None), _json_object(known)), else_=_json_object({**pairs, "url": url}))
+    return entry, source
+
+
+def _json_object(pairs: Mapping[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
+    # The names as SQL literals (constants here), as pages.page_json writes its keys.
+    arguments = (x for name, value in pairs.items() for x in (sa.literal_column(f"'{name}'"), value))
+    return sa.func.json_build_object(*arguments)
 
 
 def alert_entry(row: Mapping[str, Any]) -> dict[str, Any]:

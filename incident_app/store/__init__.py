@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine, Row
 
-from incident_app.documents import Page
+from incident_app.documents import AlertsJson, Page
 from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts
 from incident_app.repository import incidents as repo
@@ -71,18 +71,16 @@ class Store(abc.ABC):
     def group_into(
         self, dedup_key: str, *, now: datetime, alert_ids: Sequence[uuid.UUID], details: dict[str, Any],
         attach: Attach | None,
-    ) -> tuple[Row, list[dict[str, Any]]] | None:
+    ) -> Row | None:
         """Fold a create into the unresolved incident with `dedup_key` (repository.incidents.group_into),
-        with `attach` (an Idempotency-Key) in its transaction when given. The incident and its
-        alerts, or None (nothing written) when no unresolved incident has the key."""
+        with `attach` (an Idempotency-Key) in its transaction when given. The incident, or None
+        (nothing written) when no unresolved incident has the key."""
+        grouping = repo.Grouping(dedup_key, now, alert_ids, details)
         with self.writing() if attach is not None else self.single_statement() as conn:
-            row = repo.group_into(conn, dedup_key=dedup_key, now=now, alert_ids=alert_ids, details=details)
-            if row is None:
-                return None
-            if attach is not None:
+            row = repo.group_into(conn, grouping)
+            if row is not None and attach is not None:
                 attach(conn, row.id, True)
-            # The alerts alone: GET one's read repeats the incident's columns on each alert's row.
-            return row, self.linked_alerts(conn, row.id)
+            return row
 
     def raise_severity(
         self, incident_pk: uuid.UUID, change: Callable[[Row], tuple[dict[str, Any], list[dict[str, Any]],
@@ -147,6 +145,13 @@ class Store(abc.ABC):
 
     def linked_alerts(self, conn: Connection, incident_pk: uuid.UUID) -> list[dict[str, Any]]:
         return repo.linked_alerts(conn, [incident_pk])[incident_pk]
+
+    def linked_alerts_json(self, incident_pk: uuid.UUID, alert_url: str) -> AlertsJson:
+        """The incident's linked alerts as its document's JSON texts, each alert's url `alert_url`
+        followed by its id: the alerts of a grouped create's answer, as GET one reads them."""
+        with self.reading() as conn:
+            alerts = self.linked_alerts(conn, incident_pk)
+        return AlertsJson.of([{**alert, "url": f"{alert_url}{alert['alert_id']}"} for alert in alerts])
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
         """The aggregates of the incidents matching `filters` (repository/analytics)."""
