@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[str, dict[str, Any]] = {}
         by_name = {s.name: s for s in every}
+        last_cold = next((s.name for s in reversed(selected) if s.app == "service_cold"), None)
 
         def drive(scenario: Scenario, index: int, duration: float, ids_file: Path | None = None) -> dict[str, Any]:
             """One wrk run of `scenario` (index 0: the warm-up)."""
@@ -486,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
                 judge_storm(result, *seed.storm_outcome(url))
             print(report.console_line(scenario, result), flush=True)
             write_results(out, name, args, now, started, selected, results)  # a crash later keeps these
+            if scenario.app == "service_cold" and scenario.name == last_cold:
+                # Its pools go with it: the fresh connection of each /health/ready probe, 32 at once,
+                # found PostgreSQL's default 100 connections taken by three apps' pools (503s).
+                process.stop()
 
         report.chart(json.loads((out / f"{name}.json").read_text()), out / f"{name}.png")
         print(f"results: {out / name}.json, .md, .png ({round(time.monotonic() - started)} s)", flush=True)
