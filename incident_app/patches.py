@@ -44,6 +44,18 @@ class Patch:
                 "notes": self.note is not None}
         return tuple(name for name, touched in used.items() if touched)
 
+    @property
+    def acknowledges_only(self) -> bool:
+        """Whether all it asks is `status: acknowledged` (an author names who): the PATCH a store
+        may make in one statement (Store.acknowledge_open)."""
+        return self.status == lifecycle.Status.ACKNOWLEDGED.value and self.assigned_to is UNSET and self.note is None
+
+    def acknowledged(self, now: datetime) -> Change:
+        """The change `plan` works out for this PATCH on an open incident, as far as the answer needs it."""
+        transition = lifecycle.Transition(lifecycle.Status.OPEN.value, lifecycle.Status.ACKNOWLEDGED.value)
+        return Change({"status": transition.to_status, "acknowledged_at": now, "updated_at": now}, [], transition,
+                      now, None)
+
     def plan(self, row: Row, now: datetime) -> Change:
         """What this PATCH changes on `row` as of `now` (InvalidTransition if the lifecycle forbids it)."""
         values: dict[str, Any] = {}

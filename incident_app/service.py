@@ -172,14 +172,22 @@ class IncidentService:
     ) -> Update:
         """Apply a PATCH atomically; under concurrency each transition is made by exactly one request.
 
-        Optimistic first, two round trips: the incident is read without a lock, the change worked out,
-        and one statement writes it (with its events) only if what the change was worked out from
-        (the status, assignee or notes the request touches) is still as read. A request that lost that
-        race reads again; after OPTIMISTIC_ATTEMPTS it locks the row (FOR UPDATE) and cannot lose.
+        An acknowledge alone of an open incident is one round trip where the store can (PostgreSQL:
+        Store.acknowledge_open); when that changes nothing, or for any other PATCH, optimistic first,
+        two round trips: the incident is read without a lock, the change worked out, and one statement
+        writes it (with its events) only if what the change was worked out from (the status, assignee
+        or notes the request touches) is still as read. A request that lost that race reads again;
+        after OPTIMISTIC_ATTEMPTS it locks the row (FOR UPDATE) and cannot lose.
         """
         if status is None and assigned_to is UNSET and note is None:
             raise NothingToUpdate()
         request = Patch(status, assigned_to, note, author)
+        if request.acknowledges_only and INCIDENT_ID.fullmatch(incident_id):
+            now = self.clock()
+            acknowledged = self.store.acknowledge_open(incident_id, now=now, actor=author)
+            if acknowledged is not None:
+                return self._updated(*acknowledged, request.acknowledged(now))
+            # Not found, not open, or another request acknowledged it first: the path below says which.
         for _ in range(OPTIMISTIC_ATTEMPTS):
             with self.store.reading() as conn:
                 row, alerts = self._existing(conn, incident_id)

@@ -4,6 +4,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.incidents import VALID
 
@@ -21,6 +22,13 @@ def simultaneously(count, call):
         return list(pool.map(run, range(count)))
 
 
+def mtta_count(live_service) -> float:
+    """How many acknowledges the service's workers observed for VALID's severity."""
+    text = requests.get(f"{live_service.url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "incident_mtta_seconds_count" and sample.labels == {"severity": VALID["severity"]})
+
+
 def create(live_service):
     response = requests.post(f"{live_service.url}/api/v1/incidents", json=VALID, timeout=10)
     assert response.status_code == 201
@@ -35,6 +43,17 @@ def test_fifty_simultaneous_acknowledges_give_one_acknowledged_at(live_service):
     stamps = {r.json()["acknowledged_at"] for r in responses}
     assert len(stamps) == 1 and None not in stamps
     assert requests.get(url, timeout=10).json()["acknowledged_at"] == stamps.pop()
+
+
+def test_simultaneous_acknowledges_write_one_event_and_observe_mtta_once(live_service):
+    incident_id = create(live_service)
+    url = f"{live_service.url}/api/v1/incidents/{incident_id}"
+    before = mtta_count(live_service)
+    responses = simultaneously(30, lambda s, i: s.patch(url, json={"status": "acknowledged"}, timeout=30))
+    assert [r.status_code for r in responses] == [200] * 30
+    timeline = requests.get(f"{url}/events", timeout=10).json()["events"]
+    assert [e["type"] for e in timeline].count("acknowledged") == 1
+    assert mtta_count(live_service) == before + 1
 
 
 def test_simultaneous_acknowledge_and_resolve_end_resolved(live_service):

@@ -155,6 +155,9 @@ def test_platform_table_adds_service_severity_message_and_timestamp(client, app,
         assert by_id[str(A2)]["timestamp"] == "2026-11-26T09:59:30.123449+00:00"
         # An alert the platform does not know keeps its link and nothing made up.
         assert by_id[str(A3)] == {"alert_id": str(A3), "linked_at": linked_at, "url": alert_url(A3)}
+    # An acknowledge answers with the alerts as GET one reads them (PostgreSQL: in its one statement).
+    acknowledged = client.patch(f"{URL}/{created['incident_id']}", json={"status": "acknowledged"}).get_json()
+    assert acknowledged["alerts"] == read(client, created["incident_id"])["alerts"] == created["alerts"]
 
 
 @postgresql_only

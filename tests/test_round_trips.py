@@ -122,23 +122,63 @@ def test_list_page_and_total_are_one_statement(client, sent, query, keyword):
     assert executed(sent) == [(keyword, True)]
 
 
-def test_acknowledge_reads_then_writes_row_and_event_in_one_statement(client, sent):
+def test_acknowledge_of_an_open_incident_is_one_statement(client, sent):
+    alert_id = "5b1c0a52-8f6e-4c61-9d2a-0c8f7e3b2a10"
+    created = client.post("/api/v1/incidents", json={**NEW, "alert_ids": [alert_id]}).json
+    sent.clear()
+    acknowledged = client.patch(f"/api/v1/incidents/{created['incident_id']}",
+                                json={"status": "acknowledged", "author": "alice"})
+    assert acknowledged.status_code == 200
+    # The conditional UPDATE, its event and the read of its alerts: one prepared statement, no transaction.
+    assert executed(sent) == [("EXECUTE", True)]
+    body = acknowledged.json
+    assert (body["status"], body["alert_ids"]) == ("acknowledged", [alert_id])
+    assert body["acknowledged_at"] == body["updated_at"] is not None
+    assert body == client.get(f"/api/v1/incidents/{created['incident_id']}").json
+    timeline = client.get(f"/api/v1/incidents/{created['incident_id']}/events").json["events"]
+    assert [(e["type"], e["actor"], e["details"]) for e in timeline if e["type"] == "acknowledged"] == [
+        ("acknowledged", "alice", {"from": "open"})]
+
+
+def test_acknowledge_with_a_note_reads_then_writes_row_and_events_in_one_statement(client, sent):
     incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
     sent.clear()
-    acknowledged = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    acknowledged = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged", "note": "on it"})
     assert acknowledged.json["status"] == "acknowledged"
-    # No transaction: the incident with its alerts, then the UPDATE (if the status is still as read)
-    # with its timeline event as a CTE, each a prepared statement committing by itself.
+    # No transaction: the incident with its alerts, then the UPDATE (if what it touches is still as
+    # read) with its timeline events as a CTE, each a prepared statement committing by itself.
     assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
 
 
-def test_same_status_again_writes_nothing(client, sent):
+def test_same_status_again_tries_the_acknowledge_then_reads_and_writes_nothing(client, sent):
     incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
-    client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    first = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"}).json
     sent.clear()
     again = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
-    assert again.status_code == 200
-    assert executed(sent) == [("EXECUTE", True)]
+    assert (again.status_code, again.json) == (200, first)
+    # The one-statement acknowledge changes nothing; the read finds it acknowledged already.
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
+    types = [e["type"] for e in client.get(f"/api/v1/incidents/{incident_id}/events").json["events"]]
+    assert types.count("acknowledged") == 1
+
+
+def test_acknowledge_of_a_resolved_incident_falls_back_to_the_same_400(client, sent):
+    incident_id = client.post("/api/v1/incidents", json=NEW).json["incident_id"]
+    client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "resolved"})
+    sent.clear()
+    refused = client.patch(f"/api/v1/incidents/{incident_id}", json={"status": "acknowledged"})
+    assert refused.status_code == 400
+    assert "resolved" in refused.json["message"] and "acknowledged" in refused.json["message"]
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
+
+
+def test_acknowledge_of_an_unknown_incident_falls_back_to_the_same_404(client, sent):
+    missing = client.patch("/api/v1/incidents/inc-0123456789abcdef", json={"status": "acknowledged"})
+    assert missing.status_code == 404
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
+    sent.clear()
+    impossible = client.patch("/api/v1/incidents/not-an-id", json={"status": "acknowledged"})
+    assert impossible.status_code == 404 and sent == []  # an id that cannot exist is not looked up
 
 
 def test_a_transaction_only_leaves_autocommit_so_psycopg2_sends_no_set_before_it(app):

@@ -359,6 +359,37 @@ def _with_events_from(update: sa.Update, event_count: int) -> sa.Select:
     return sa.select(*changed.c).add_cte(events.from_rows(event_count, "event", source=changed).cte("timeline"))
 
 
+@functools.cache
+def acknowledge_open(enrich: bool) -> sa.Select:
+    """PostgreSQL: acknowledge the incident bound as `incident_id` if it is `open`, with its
+    `acknowledged` event (bound as `actor` and `now`), and answer it as `incident_with_alerts`
+    reads one: a PATCH's read and write in one round trip. No row when it changed nothing (no such
+    incident, or not open: the caller's read-then-write path decides what that means). Of
+    concurrent ones exactly one changes the row: the others, having waited for it, find it no
+    longer open. Built once."""
+    now = sa.bindparam("now", type_=incidents.c.updated_at.type)
+    changed = (
+        incidents.update()
+        .where(incidents.c.incident_id == sa.bindparam("incident_id"), incidents.c.status == "open")
+        .values(status="acknowledged", acknowledged_at=now, updated_at=now)
+        .returning(*incidents.c)
+        .cte("acknowledged")
+    )
+    column = incident_events.c
+    event = sa.select(
+        changed.c.id, sa.cast(sa.literal_column("'acknowledged'"), column.type.type),
+        sa.cast(sa.bindparam("actor", type_=column.actor.type), column.actor.type),
+        sa.cast(sa.literal_column("""'{"from": "open"}'"""), column.details.type), now,
+    ).select_from(changed)
+    columns, source = platform_alerts.alert_selection(enrich)
+    return (
+        sa.select(*changed.c, *columns)
+        .select_from(changed.outerjoin(source, incident_alerts.c.incident_id == changed.c.id))
+        .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+        .add_cte(incident_events.insert().from_select(events.COLUMNS, event).cte("timeline"))
+    )
+
+
 def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uuid.UUID], now: datetime) -> int:
     """Link alerts to an incident; an alert already linked stays as it was. Returns how many were new."""
     insert = link_bound(conn.dialect.name, incident_pk, list(alert_ids), now)

@@ -130,6 +130,14 @@ class Store(abc.ABC):
         with self.single_statement() as conn:
             return repo.update_if_unchanged(conn, row, values, timeline, unchanged=unchanged)
 
+    def acknowledge_open(
+        self, incident_id: str, *, now: datetime, actor: str | None
+    ) -> tuple[Row, list[dict[str, Any]]] | None:
+        """Acknowledge the incident if it is open, with its event, in one statement: the incident and
+        its linked alerts; None when that changed nothing, or the database has no such statement
+        (SQLite: the use case reads, then writes)."""
+        return None
+
     # ------------------------------------------------------------------ reads
 
     def find(self, incident_id: str) -> Row | None:

@@ -98,6 +98,19 @@ class PostgresStore(Store):
             rows = execute_prepared(conn, statement, parameters).all()
         return rows[0] if rows else None
 
+    def acknowledge_open(
+        self, incident_id: str, *, now: datetime, actor: str | None
+    ) -> tuple[Row, list[dict[str, Any]]] | None:
+        # The bench's acknowledge (and the commonest PATCH): the read before the write was a fifth
+        # of a worker's time on it, and a statement more for PostgreSQL (docs/performance.md).
+        parameters = {"incident_id": incident_id, "now": now, "actor": actor}
+        with self.single_statement() as conn:
+            def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
+                return repo.incident_and_alerts(execute_prepared(conn, repo.acknowledge_open(enrich), parameters).all())
+
+            # A statement that fails writes nothing, so the one without the platform's fields may follow it.
+            return platform_alerts.enriched_if_possible(conn, query)
+
     # ------------------------------------------------------------------ reads
 
     def find_with_alerts(
