@@ -28,7 +28,7 @@ from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
 from incident_app.metrics import IncidentMetrics, OpenIncidentsCollector, exposition_registry, install_http_metrics
 from incident_app.outbox import NotificationOutbox
-from incident_app.peers.http import PeerClient, pooled_transport
+from incident_app.peers.http import PeerClient, peer_pools
 from incident_app.peers.notify import NotificationClient
 from incident_app.peers.oncall import OnCallClient
 from incident_app.probes import ProbeDatabase, create_probe_engine
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_cors(app, settings)
 
     engine = create_engine(settings)
-    http = pooled_transport()
+    http = peer_pools()
     metrics = IncidentMetrics(settings)
     install_http_metrics(app, metrics)
     probe_db = ProbeDatabase(create_probe_engine(settings))

@@ -1,9 +1,9 @@
 """The HTTP client of webhook deliveries: a POST, its reply's status, bounded in time and size.
 
-urllib3 directly, not requests as the On-Call and Notification calls (peers/http.py): a delivery
-needs none of requests' request preparation, and it was most of the sender's CPU (README,
-*Webhooks under load*). One pool of keep-alive connections per receiving host, at most HOSTS
-pools. A connection finds its address through the sender's HostResolver (peers/resolver.py), never
+urllib3 directly, as the On-Call and Notification calls (peers/http.py), with the same pools and
+the same bounded reading of a reply (transport.py): requests' request preparation was most of the
+sender's CPU (README, *Webhooks under load*). One pool of keep-alive connections per receiving
+host, at most HOSTS pools. A connection finds its address through the sender's HostResolver (peers/resolver.py), never
 the socket module's lookup, and keeps the host's name for the Host header and for TLS (SNI and the
 certificate's check), since urllib3 sends and checks the name it was given, not the address.
 """
@@ -15,18 +15,16 @@ import socket
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
 
-import requests.certs
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
-from urllib3.util import make_headers, parse_url
+from urllib3.util import parse_url
 
 from incident_app.peers.resolver import Address, HostResolver, LookupFailed
+from incident_app.peers.transport import auth_headers, connection_pools, read_reply
 
 HOSTS = 64  # receiving hosts with a pool at once; the least recently used one is closed beyond
-READ_CHUNK = 16384
 HEADERS = {"User-Agent": "incident-management-service"}
 
 
@@ -106,11 +104,7 @@ class ReceiverClient:
         self._timeout = Timeout(total=timeout)  # lookup, connect and reply together
         self.max_reply_bytes = max_reply_bytes
         self.resolver = resolver or HostResolver(timeout=timeout)
-        self.pools = PoolManager(
-            num_pools=HOSTS, maxsize=connections_per_host, block=False, retries=False,
-            # The same trust as the peers' calls: requests' bundle (certifi's).
-            ca_certs=ca_certs or requests.certs.where(),
-        )
+        self.pools = connection_pools(hosts=HOSTS, per_host=connections_per_host, ca_certs=ca_certs)
         # The resolver reaches each connection through its pool (urllib3 passes a pool's unknown
         # arguments on to its connections); pool arguments given to PoolManager would join the key.
         self.pools.pool_classes_by_scheme = {
@@ -122,9 +116,7 @@ class ReceiverClient:
         deadline = time.monotonic() + self.timeout
         try:
             target = parse_url(url)
-            sent = {**HEADERS, **headers}
-            if target.auth:  # user:password@ in the URL, as requests sends it
-                sent.update(make_headers(basic_auth=unquote(target.auth)))
+            sent = {**HEADERS, **headers, **auth_headers(target)}
             pool = self.pools.connection_from_host(target.host, target.port, target.scheme)
             response = pool.urlopen(
                 "POST", target.request_uri, body=body, headers=sent, retries=False, redirect=False,
@@ -133,21 +125,8 @@ class ReceiverClient:
         except (HTTPError, OSError):
             return None
         try:
-            self._read_some(response, deadline)
+            # Read so that the connection can be reused; a reply too long or too slow is dropped.
+            read_reply(response, limit=self.max_reply_bytes, deadline=deadline, decode_content=False)
         except (HTTPError, OSError):
             pass  # the status came: a reply cut short does not change it
         return response.status
-
-    def _read_some(self, response: Any, deadline: float) -> None:
-        """Read the reply so that its connection can be reused; give up at the size or time bound."""
-        read, finished = 0, False
-        try:
-            for chunk in response.stream(READ_CHUNK, decode_content=False):
-                read += len(chunk)
-                if read > self.max_reply_bytes or time.monotonic() > deadline:
-                    return
-            finished = True
-        finally:
-            if not finished:
-                response.close()  # what is left unread must not be read as the next reply
-            response.release_conn()

@@ -30,6 +30,7 @@ class Behaviour:
     body: bytes = b"{}"
     delay: float = 0.0
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)  # sent besides Content-Type and -Length
 
 
 @dataclass
@@ -66,6 +67,8 @@ class FakePeer:
                     self.send_response(behaviour.status)
                     self.send_header("Content-Type", behaviour.content_type)
                     self.send_header("Content-Length", str(len(behaviour.body)))
+                    for name, value in behaviour.headers.items():
+                        self.send_header(name, value)
                     if not peer.keep_alive:
                         self.send_header("Connection", "close")  # and the handler closes it
                     self.end_headers()
@@ -90,11 +93,12 @@ class FakePeer:
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def respond(
-        self, status: int = 200, json_body: Any = None, *, raw: bytes | None = None, delay: float = 0.0
+        self, status: int = 200, json_body: Any = None, *, raw: bytes | None = None, delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         body = raw if raw is not None else json.dumps(json_body if json_body is not None else {}).encode()
         with self._lock:
-            self.behaviour = Behaviour(status=status, body=body, delay=delay)
+            self.behaviour = Behaviour(status=status, body=body, delay=delay, headers=headers or {})
 
     def reset(self) -> None:
         with self._lock:
