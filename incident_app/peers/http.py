@@ -26,7 +26,7 @@ from urllib3 import PoolManager, Timeout
 from urllib3.exceptions import HTTPError
 from urllib3.util import parse_url
 
-from incident_app.peers.transport import auth_headers, connection_pools, read_reply
+from incident_app.peers.transport import auth_headers, connection_pools, read_reply, send
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,8 @@ class PeerClient:
             if json is not None:
                 body = _encode(json)
                 sent.update(JSON_BODY)
-            pool = self.pools.connection_from_host(self._target.host, self._target.port, self._target.scheme)
-            response = pool.urlopen(
-                method, uri, body=body, headers=sent, retries=False, redirect=False,
-                timeout=self._timeout, preload_content=False,
-            )
+            response = send(self.pools, self._target, method, uri, body=body, headers=sent, timeout=self._timeout,
+                            decode_content=True)
             reply = read_reply(response, limit=self.max_reply_bytes, deadline=deadline, decode_content=True)
         except (HTTPError, OSError, ValueError) as exc:  # ValueError: a body JSON cannot encode
             log.warning("peer call failed: %s", exc.__class__.__name__, extra={"peer_url": self.base_url + path})

@@ -22,7 +22,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionErr
 from urllib3.util import parse_url
 
 from incident_app.peers.resolver import Address, HostResolver, LookupFailed
-from incident_app.peers.transport import auth_headers, connection_pools, read_reply
+from incident_app.peers.transport import auth_headers, connection_pools, read_reply, send
 
 HOSTS = 64  # receiving hosts with a pool at once; the least recently used one is closed beyond
 HEADERS = {"User-Agent": "incident-management-service"}
@@ -117,11 +117,8 @@ class ReceiverClient:
         try:
             target = parse_url(url)
             sent = {**HEADERS, **headers, **auth_headers(target)}
-            pool = self.pools.connection_from_host(target.host, target.port, target.scheme)
-            response = pool.urlopen(
-                "POST", target.request_uri, body=body, headers=sent, retries=False, redirect=False,
-                timeout=self._timeout, preload_content=False, decode_content=False,
-            )
+            response = send(self.pools, target, "POST", target.request_uri, body=body, headers=sent,
+                            timeout=self._timeout, decode_content=False)
         except (HTTPError, OSError):
             return None
         try:

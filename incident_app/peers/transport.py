@@ -1,5 +1,6 @@
 """What the peers' calls (http.py) and webhook deliveries (receivers.py) share over urllib3: pools
-of keep-alive connections made one way, and a reply read within a size and a deadline.
+of keep-alive connections made one way, a request sent one way (no redirect, no retry), and a
+reply read within a size and a deadline.
 
 A reply is read as it arrives (read1), with the socket's wait shortened to the time left before
 each read: a reply that trickles in a byte at a time ends at the deadline, not when it is complete.
@@ -12,7 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import certifi
-from urllib3 import BaseHTTPResponse, PoolManager
+from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.util import Url, make_headers
 
 READ_CHUNK = 16384
@@ -33,6 +34,17 @@ def connection_pools(*, hosts: int, per_host: int, ca_certs: str | None = None) 
 def auth_headers(target: Url) -> dict[str, str]:
     """user:password@ in a URL, sent as Basic authorization, as requests did."""
     return make_headers(basic_auth=unquote(target.auth)) if target.auth else {}
+
+
+def send(
+    pools: PoolManager, target: Url, method: str, uri: str, *, body: bytes | None, headers: dict[str, str],
+    timeout: Timeout, decode_content: bool,
+) -> BaseHTTPResponse:
+    """The request sent to `target`'s host (`uri`: path and query), its reply's head read within
+    `timeout`: no redirect followed (a 3xx is the answer), no retry, the body left for read_reply."""
+    pool = pools.connection_from_host(target.host, target.port, target.scheme)
+    return pool.urlopen(method, uri, body=body, headers=headers, retries=False, redirect=False, timeout=timeout,
+                        preload_content=False, decode_content=decode_content)
 
 
 def read_reply(response: BaseHTTPResponse, *, limit: int, deadline: float, decode_content: bool) -> bytes | None:
