@@ -27,24 +27,15 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench import seed  # noqa: E402
+from bench import cpu, seed  # noqa: E402
 from bench.run import (  # noqa: E402
     ADMIN_URL, STORM_KEYS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script,
 )
-from bench.stream import cpu_seconds  # noqa: E402
 
 SCENARIOS = {
     "create": Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua"),
     "storm": Scenario("storm", "POST over 20 dedup keys", "/api/v1/incidents", "storm.lua"),
 }
-
-
-def backends(engine: sa.Engine) -> list[psutil.Process]:
-    """The PostgreSQL backends serving this run's database (the service's pool, held open)."""
-    with engine.connect() as conn:
-        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                                    " AND pid <> pg_backend_pid()")).scalars().all()
-    return [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
 
 
 def preload(target: str, alerts: int) -> None:
@@ -68,12 +59,10 @@ def mean_storm_alerts(engine: sa.Engine) -> float:
 
 def measure(wrk: str, target: str, script: Path, groups: dict[str, list[psutil.Process]],
             args: argparse.Namespace) -> dict:
-    before = cpu_seconds(groups)
+    meter = cpu.CpuMeter(groups)
     result = run_wrk(wrk, target, script, threads=2, connections=args.connections, duration=args.duration)
-    used = cpu_seconds(groups)
-    done = max(result["requests"], 1)
-    cpu = {name: round((used[name] - before[name]) * 1000 / done, 3) for name in used}
-    return {"rps": result["rps"], "p99_ms": result["p99_ms"], "errors": result["errors"], "cpu_ms_per_request": cpu}
+    return {"rps": result["rps"], "p99_ms": result["p99_ms"], "errors": result["errors"],
+            "cpu_ms_per_request": meter.per_request_ms(result["requests"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_wrk(wrk, target, script("create", 0), threads=2, connections=args.connections, duration=3)  # warm-up
         preload(target, args.alerts)
-        groups = {"workers": service.workers(), "postgres": backends(engine)}
+        groups = {"workers": service.workers(), "postgres": cpu.backends(url)}
         results = [{"scenario": "create", **measure(wrk, target, script("create", 1), groups, args)}]
         for index in range(1, args.runs + 1):
             run = measure(wrk, target, script("storm", index), groups, args)

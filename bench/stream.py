@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
-from bench import seed  # noqa: E402
+from bench import cpu, seed  # noqa: E402
 from bench.run import ADMIN_URL, RESULTS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script  # noqa: E402
 
 CREATE = Scenario("create", "POST a new incident", "/api/v1/incidents", "create.lua")
@@ -47,13 +47,10 @@ def create_runner(
     script = wrk_script(CREATE, work_dir, {"threads": 2, "seed": 7, "path": CREATE.path, **(settings or {})})
 
     def run(duration: float) -> dict:
-        groups = cpu_groups() if cpu_groups else {}
-        before = cpu_seconds(groups)
+        meter = cpu.CpuMeter(cpu_groups()) if cpu_groups else None
         result = run_wrk(wrk, target, script, threads=2, connections=connections, duration=duration)
-        if groups:
-            used = cpu_seconds(groups)
-            done = max(result["rps"] * duration, 1)
-            result["cpu_ms_per_create"] = {name: round((used[name] - before[name]) * 1000 / done, 2) for name in used}
+        if meter is not None:
+            result["cpu_ms_per_create"] = meter.per_request_ms(result["requests"])
         return result
 
     return run
@@ -76,21 +73,6 @@ def followers_now(port: int) -> float:
 
 def rss_kib(service: Process) -> int:
     return sum(worker.memory_info().rss for worker in service.workers()) // 1024
-
-
-def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each group of processes."""
-    totals = {}
-    for name, processes in groups.items():
-        total = 0.0
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        totals[name] = total
-    return totals
 
 
 def postgres_backends() -> list[psutil.Process]:
