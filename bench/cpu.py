@@ -11,7 +11,8 @@ checkpointer) are left out too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import psutil
 import sqlalchemy as sa
@@ -58,3 +59,16 @@ class CpuMeter:
             seconds = sum(after[pid] - self.before[name][pid] for pid in after if pid in self.before[name])
             spent[name] = round(1000 * seconds / requests, 3) if requests else 0.0
         return spent
+
+
+def in_this_process(call: Callable[[int], bool], count: int, in_flight: int, warmup: int = 200) -> dict[str, float]:
+    """`call` run `count` times, `in_flight` at once (gevent), after `warmup` runs: how many answered
+    True, and this process's CPU seconds and the wall seconds they took (the client's side of a
+    peer, measured apart from the peer in its own process)."""
+    import gevent.pool  # only the gevent scripts (monkey-patched first) measure this way
+
+    pool = gevent.pool.Pool(in_flight)
+    sum(pool.imap_unordered(call, range(warmup)))
+    cpu, wall = time.process_time(), time.monotonic()
+    answered = sum(pool.imap_unordered(call, range(count)))
+    return {"answered": answered, "cpu_s": time.process_time() - cpu, "wall_s": time.monotonic() - wall}

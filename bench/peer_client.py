@@ -18,14 +18,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import gevent.pool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cpu  # noqa: E402
 from bench.run import Process, free_port  # noqa: E402
 from incident_app import create_app  # noqa: E402
 from incident_app.settings import Settings  # noqa: E402
@@ -56,18 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             def one_create(_: int) -> bool:
                 return oncall.current("payment-api").primary is not None and notifier.send(PAGE)
 
-            pool = gevent.pool.Pool(args.in_flight)
-            sum(pool.imap_unordered(one_create, range(200)))  # warm-up
-            cpu, wall = time.process_time(), time.monotonic()
-            answered = sum(pool.imap_unordered(one_create, range(args.calls)))
-            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            run = cpu.in_this_process(one_create, args.calls, args.in_flight)
             print(json.dumps({
-                "creates": args.calls, "in_flight": args.in_flight, "answered": answered,
-                "cpu_ms_per_create": round(cpu * 1000 / args.calls, 3),
-                "cpu_ms_per_call": round(cpu * 1000 / (2 * args.calls), 3),
-                "wall_s": round(wall, 2),
+                "creates": args.calls, "in_flight": args.in_flight, "answered": run["answered"],
+                "cpu_ms_per_create": round(run["cpu_s"] * 1000 / args.calls, 3),
+                "cpu_ms_per_call": round(run["cpu_s"] * 1000 / (2 * args.calls), 3),
+                "wall_s": round(run["wall_s"], 2),
             }))
-            return 0 if answered == args.calls else 1
+            return 0 if run["answered"] == args.calls else 1
         finally:
             peers.popen.terminate()
             peers.popen.wait(10)
