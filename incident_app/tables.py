@@ -205,6 +205,9 @@ incident_events.append_column(
     sa.Column("xact_id", sa.BigInteger(), nullable=False, server_default=current_transaction_id())
 )
 sa.Index("ix_incident_events_xact_id_id", incident_events.c.xact_id, incident_events.c.id)
+# The incident as its list item's JSON text, as it stood after the event's change (0010): written
+# by the event's own statement (repository/items.py); null for events written before 0010 or by hand.
+incident_events.append_column(sa.Column("incident", sa.Text()))
 
 # ----------------------------------------------------------------------------- alert grouping (0006)
 

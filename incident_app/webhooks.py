@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import json
 import logging
 import secrets
 import threading
@@ -176,13 +175,13 @@ class WebhookSender:
     @staticmethod
     def _ready(conn: Connection, claimed: list[Row]) -> list[Attempt]:
         """Each claimed row with its body and target; a first attempt's body is the event as the
-        feed renders it now, and every retry sends that same body."""
+        feed renders it (its incident as it stood after the change), and every retry sends that same body."""
         first = [row.event_id for row in claimed if row.body is None]
         rendered: dict[int, str] = {}
         if first:
             rows = repo.events_with_incidents(conn, first)
             for row, event in zip(rows, feed_events(rows), strict=True):
-                rendered[row.event_id] = json.dumps(event.document)
+                rendered[row.event_id] = event.text
         targets = repo.secrets(conn, list({row.webhook_id for row in claimed}))
         return [
             Attempt(row, row.body if row.body is not None else rendered[row.event_id], *targets[row.webhook_id])

@@ -30,9 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from incident_app.documents import incident_document
 from incident_app.feed.cursor import Cursor
-from incident_app.feed.document import event_document, websocket_message
+from incident_app.feed.document import event_head, event_text, websocket_message
 from incident_app.repository import feed as feed_queries
 from incident_app.transactions import reading
 
@@ -71,32 +70,46 @@ class FeedFilters:
 
 
 class FeedEvent:
-    """One event as every follower of a process sends it, from a row of repository.feed. Filters
-    read the row; the document and its texts are made on first use, once for every follower (an
-    event no follower wants costs no JSON)."""
+    """One event as every follower of a process sends it, from a row of repository.feed. Its texts
+    are made on first use, once for every follower (an event no follower wants costs no JSON); its
+    incident is decoded only for a filter or a WebSocket message that needs it."""
 
     def __init__(self, row: Any) -> None:
-        self._row = row
         mapping = row._mapping
+        self._row = mapping
         self.cursor = Cursor(mapping["event_xact_id"], mapping["event_id"])
         self.type: str = mapping["event_type"]
-        self.service: str = mapping["service"]
-        self.severity: str = mapping["severity"]
 
     @functools.cached_property
-    def document(self) -> dict[str, Any]:
-        mapping = self._row._mapping
-        event = {name: mapping[f"event_{name}"] for name in feed_queries.EVENT_COLUMNS}
-        return event_document(event, incident_document(self._row))
+    def incident(self) -> dict[str, Any]:
+        """The incident as it stood after the change, as a list item's JSON values."""
+        return json.loads(self._row["incident"])
+
+    @property
+    def service(self) -> str:
+        return self.incident["service"]
+
+    @property
+    def severity(self) -> str:
+        return self.incident["severity"]
+
+    @functools.cached_property
+    def _head(self) -> dict[str, Any]:
+        event = {name: self._row[f"event_{name}"] for name in feed_queries.EVENT_COLUMNS}
+        return event_head(event, self._row["incident_id"])
+
+    @functools.cached_property
+    def text(self) -> str:
+        """The event's JSON text, as the stream and the webhooks send it."""
+        return event_text(self._head, self._row["incident"])
 
     @functools.cached_property
     def server_sent_event(self) -> bytes:
-        document = self.document
-        return f"id: {document['cursor']}\nevent: {document['type']}\ndata: {json.dumps(document)}\n\n".encode()
+        return f"id: {self._head['cursor']}\nevent: {self.type}\ndata: {self.text}\n\n".encode()
 
     @functools.cached_property
     def websocket_text(self) -> str:
-        return json.dumps(websocket_message(self.document))
+        return json.dumps(websocket_message({**self._head, "incident": self.incident}))
 
 
 def feed_events(rows: Sequence[Any]) -> list[FeedEvent]:

@@ -14,7 +14,7 @@ from incident_app.lifecycle import Status
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
 from incident_app.statements import arrays, bind, insert_arrays, prefixed, unnest_arrays
-from incident_app.tables import incident_events, incidents, notification_outbox
+from incident_app.tables import incidents, notification_outbox
 
 i = incidents.c
 
@@ -65,7 +65,7 @@ def record_escalations(
         return
     if conn.dialect.name != "postgresql":
         conn.execute(_UPDATE_ONE, [prefixed(values, "escalated_") for values in escalated])
-        conn.execute(incident_events.insert(), [dict(event) for event in timeline])
+        events.insert_events(*timeline, dialect=conn.dialect.name).execute(conn)  # after: the incidents as escalated
         conn.execute(notification_outbox.insert(), [dict(row) for row in notifications])
         return
     conn.execute(_RECORD_MANY, {
@@ -80,9 +80,14 @@ _UPDATE_ONE = (
     .values(bind(incidents, ESCALATED[1:], "escalated_"))
 )
 _ESCALATED_ROWS = unnest_arrays({name: incidents.c[name].type for name in ESCALATED}, "escalated_", "escalated")
-_RECORD_MANY = (
+_ESCALATED = (
     incidents.update().where(i.id == _ESCALATED_ROWS.c.id)
     .values({name: _ESCALATED_ROWS.c[name] for name in ESCALATED[1:]})
-    .add_cte(insert_arrays(incident_events, events.COLUMNS, "event_").cte("timeline"),
-             insert_arrays(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"))
+    .returning(*incidents.c)
+    .cte("escalated_incidents")
+)
+# The events from the UPDATE's RETURNING: each with its incident as escalated.
+_RECORD_MANY = sa.select(_ESCALATED.c.id).add_cte(
+    events.from_arrays("event_", _ESCALATED).cte("timeline"),
+    insert_arrays(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"),
 )

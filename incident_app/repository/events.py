@@ -11,10 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from incident_app.statements import Bound, prefixed
-from incident_app.tables import incident_events
+from incident_app.statements import Bound, prefixed, unnest_arrays
+from incident_app.repository.items import item_json
+from incident_app.tables import incident_events, incidents
 
 COLUMNS = ("incident_id", "type", "actor", "details", "created_at")
+# What an INSERT of events writes: COLUMNS, then the incident as it stood after the change (0010).
+WITH_INCIDENT = (*COLUMNS, "incident")
 
 
 def event(
@@ -32,6 +35,8 @@ def event(
 
 def insert_events(*events: Mapping[str, Any], dialect: str, prefix: str = "event") -> Bound | None:
     """One INSERT of the given events, in order (their serial ids follow it); None when there are none.
+    Each takes its incident's list item (`with_incident`) as the statement reads it: run it after the
+    change it records, never in one statement with it (there, `from_rows` with the change as `source`).
 
     On PostgreSQL a UNION ALL of one-row SELECTs of bound values (`from_rows`), so that it can run
     with other statements (statements.execute_together); elsewhere executemany. `prefix` names its values.
@@ -39,7 +44,7 @@ def insert_events(*events: Mapping[str, Any], dialect: str, prefix: str = "event
     if not events:
         return None
     if dialect != "postgresql":
-        return Bound(incident_events.insert(), [dict(e) for e in events])
+        return Bound(_SQLITE_INSERT, [dict(e) for e in events])
     return Bound(_insert_events(len(events), prefix), parameters(events, prefix))
 
 
@@ -49,18 +54,47 @@ def _insert_events(count: int, prefix: str) -> sa.Insert:
 
 
 def from_rows(count: int, prefix: str, source: sa.FromClause | None = None) -> sa.Insert:
-    """The INSERT of `count` events bound as `parameters` names them; with `source` (a
-    data-modifying CTE), once per row it returns: none when it changed nothing."""
+    """PostgreSQL: the INSERT of `count` events bound as `parameters` names them, each with its
+    incident from `incidents` as the statement reads it; with `source` (a data-modifying CTE
+    returning the incident's columns), once per row it returns, with the incident as changed: none
+    when it changed nothing."""
 
     def row(index: int) -> sa.Select:
         # Cast: in a UNION, PostgreSQL would otherwise take an untyped value for text, not jsonb.
         columns = (incident_events.c[name] for name in COLUMNS)
-        values = sa.select(*(sa.cast(sa.bindparam(f"{prefix}_{index}_{c.name}", type_=c.type), c.type)
-                             for c in columns))
-        return values if source is None else values.select_from(source)
+        values = [sa.cast(sa.bindparam(f"{prefix}_{index}_{c.name}", type_=c.type), c.type) for c in columns]
+        if source is None:
+            return sa.select(*values, item_json(incidents)).where(incidents.c.id == values[0])
+        return sa.select(*values, item_json(source)).select_from(source)
 
-    rows = row(0) if count == 1 else sa.union_all(*(row(index) for index in range(count)))
-    return incident_events.insert().from_select(COLUMNS, rows)
+    return with_incident(row(0) if count == 1 else sa.union_all(*(row(index) for index in range(count))))
+
+
+def with_incident(rows: sa.Select) -> sa.Insert:
+    """The INSERT of events selected as COLUMNS followed by their incident's list item (items.item_json)."""
+    return incident_events.insert().from_select(WITH_INCIDENT, rows)
+
+
+def from_arrays(prefix: str, source: sa.FromClause) -> sa.Insert:
+    """PostgreSQL: the INSERT of events given as arrays (statements.arrays of COLUMNS under `prefix`),
+    in their order (their serial ids follow it), each with its incident as `source` (a data-modifying
+    CTE returning the incident's columns) returns it; an event whose incident it does not return is
+    not written."""
+    given = unnest_arrays({name: incident_events.c[name].type for name in COLUMNS}, prefix, ordinality="position")
+    return with_incident(
+        sa.select(*(given.c[name] for name in COLUMNS), item_json(source))
+        .join_from(given, source, source.c.id == given.c.incident_id)
+        .order_by(given.c.position)
+    )
+
+
+def _sqlite_insert() -> sa.Insert:
+    values = [sa.type_coerce(sa.bindparam(name, type_=incident_events.c[name].type), incident_events.c[name].type)
+              for name in COLUMNS]
+    return with_incident(sa.select(*values, item_json(incidents)).where(incidents.c.id == values[0]))
+
+
+_SQLITE_INSERT = _sqlite_insert()
 
 
 def parameters(events: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]], prefix: str) -> dict[str, Any]:

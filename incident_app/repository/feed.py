@@ -1,4 +1,4 @@
-"""Reading the live feed: timeline events in feed order, each with its incident as it stands.
+"""Reading the live feed: timeline events in feed order, each with its incident as it stood after the change.
 
 Why (writing transaction, id) and a horizon. Event ids come from a sequence before their
 transactions commit, so they commit out of order. Each event records the id of the transaction
@@ -24,9 +24,20 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from incident_app.feed.cursor import Cursor
+from incident_app.repository.items import item_json
 from incident_app.tables import incident_events, incidents
 
 EVENT_COLUMNS = ("xact_id", "id", "type", "actor", "details", "created_at")
+
+
+def event_columns() -> list[sa.ColumnElement[object]]:
+    """What a reader of the feed selects from the timeline joined with the incidents: the EVENT_COLUMNS
+    (as event_*), the incident's `incident_id`, and `incident`, its list item's JSON text as it stood
+    after the event's change (migration 0010), or, for an event written without one (before 0010, or
+    by hand), as it stands."""
+    e = incident_events.c
+    return [*(e[name].label(f"event_{name}") for name in EVENT_COLUMNS), incidents.c.incident_id,
+            sa.func.coalesce(e.incident, item_json(incidents)).label("incident")]
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ def _page(postgres: bool) -> sa.Select:
     position = sa.tuple_(e.xact_id, e.id)
     after = sa.tuple_(sa.bindparam("xact_id", type_=sa.BigInteger), sa.bindparam("event_id", type_=sa.BigInteger))
     page = (
-        sa.select(*(e[name].label(f"event_{name}") for name in EVENT_COLUMNS), *incidents.c)
+        sa.select(*event_columns())
         .join_from(incident_events, incidents, incidents.c.id == e.incident_id)
         .where(position > after)
         .order_by(e.xact_id, e.id)

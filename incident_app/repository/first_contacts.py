@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Row
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
 from incident_app.repository.incidents import assign_if_unassigned
+from incident_app.repository.items import item_json
 from incident_app.repository.outbox import PENDING, SENT
 from incident_app.statements import arrays, execute_together, unnest_arrays
 from incident_app.tables import incident_events, incidents, notification_outbox
@@ -82,10 +83,10 @@ def _record_statement() -> sa.Select:
         .cte("assigned")
     )
 
-    def timeline(event_type: str, source: sa.FromClause, pk: Any, details: Any, at: Any) -> sa.CTE:
+    def timeline(event_type: str, source: sa.FromClause, pk: Any, details: Any, at: Any, incident: Any) -> sa.CTE:
         kind = sa.cast(sa.literal_column(f"'{event_type}'"), incident_events.c.type.type)
-        rows = sa.select(pk, kind, sa.null(), details, at).select_from(source)
-        return incident_events.insert().from_select(events.COLUMNS, rows).cte(f"{event_type}_events")
+        rows = sa.select(pk, kind, sa.null(), details, at, incident).select_from(source)
+        return events.with_incident(rows).cte(f"{event_type}_events")
 
     o = notification_outbox.c
     sent = (
@@ -95,10 +96,15 @@ def _record_statement() -> sa.Select:
         .cte("sent")
     )
     assigned_to = sa.func.jsonb_build_object(sa.literal_column("'assigned_to'"), assigned.c.assigned_to)
+    # A `notified` event's incident: as assigned by this statement, or else as it stands.
+    notified_incident = sa.case((assigned.c.id.is_not(None), item_json(assigned)), else_=item_json(incidents))
+    notified_source = (contact.join(incidents, incidents.c.id == contact.c.incident_pk)
+                       .outerjoin(assigned, assigned.c.id == contact.c.incident_pk))
     return sa.select(*assigned.c).add_cte(
-        timeline("assigned", assigned, assigned.c.id, assigned_to, assigned.c.updated_at),
+        timeline("assigned", assigned, assigned.c.id, assigned_to, assigned.c.updated_at, item_json(assigned)),
         sent,
-        timeline("notified", contact, contact.c.incident_pk, contact.c.notified, contact.c.sent_at),
+        timeline("notified", notified_source, contact.c.incident_pk, contact.c.notified, contact.c.sent_at,
+                 notified_incident),
     )
 
 

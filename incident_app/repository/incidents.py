@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from incident_app.prepared import execute_prepared
 from incident_app.repository import events, platform_alerts
 from incident_app.repository import outbox as outbox_queue
+from incident_app.repository.items import item_json
 from incident_app.statements import Bound, arrays, bind, execute_together, insert_arrays, prefixed, unnest_arrays
 from incident_app.tables import (
     UNRESOLVED,
@@ -61,45 +62,38 @@ def insert_many(conn: Connection, new: Sequence[NewIncident]) -> list[Row | None
     return [stored.get(incident.values["id"]) for incident in new]
 
 
-# Links and events keep their order within each array: a timeline's serial ids follow it.
-_INSERT_NEW = (
-    insert_arrays(incidents, NEW_COLUMNS, "incident_").returning(*incidents.c)
-    .add_cte(insert_arrays(incident_alerts, _LINK_COLUMNS, "link_").cte("links"),
-             insert_arrays(incident_events, events.COLUMNS, "event_").cte("timeline"),
-             insert_arrays(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"))
-)
-
-
-def _insert_deduplicated() -> sa.Select:
-    """As _INSERT_NEW, for a batch with dedup keys: an incident whose key is taken is skipped (ON
-    CONFLICT on the partial unique index, which also settles two rows of the batch with one key),
-    and only the rows of the incidents inserted follow them."""
+def _insert_many(deduplicate: bool) -> sa.Select:
+    """PostgreSQL: the statement of `insert_many`. The incidents are inserted first (a CTE), and the
+    other rows follow those it returns: each event with its incident as inserted (events.from_arrays).
+    `deduplicate`: an incident whose key is taken is skipped (ON CONFLICT on the partial unique
+    index, which also settles two rows of the batch with one key), and so are its other rows."""
     rows = unnest_arrays({name: incidents.c[name].type for name in NEW_COLUMNS}, "incident_")
-    inserted = (
-        postgresql.insert(incidents).from_select(NEW_COLUMNS, sa.select(rows))
-        .on_conflict_do_nothing(index_elements=[incidents.c.dedup_key], index_where=UNRESOLVED)
-        .returning(*incidents.c)
-        .cte("inserted")
-    )
+    insert = postgresql.insert(incidents).from_select(NEW_COLUMNS, sa.select(rows))
+    if deduplicate:
+        insert = insert.on_conflict_do_nothing(index_elements=[incidents.c.dedup_key], index_where=UNRESOLVED)
+    inserted = insert.returning(*incidents.c).cte("inserted")
 
     def of_inserted(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
+        if not deduplicate:
+            return insert_arrays(table, columns, prefix)  # every incident was inserted
         given = unnest_arrays({name: table.c[name].type for name in columns}, prefix, ordinality="position")
         kept = (
             sa.select(*(given.c[name] for name in columns))
             .where(given.c.incident_id.in_(sa.select(inserted.c.id)))
-            .order_by(given.c.position)  # the serial ids of a timeline follow its order
+            .order_by(given.c.position)  # links keep their order within each array
         )
         return table.insert().from_select(columns, kept)
 
     return sa.select(*inserted.c).add_cte(
         inserted,
         of_inserted(incident_alerts, _LINK_COLUMNS, "link_").cte("links"),
-        of_inserted(incident_events, events.COLUMNS, "event_").cte("timeline"),
+        events.from_arrays("event_", inserted).cte("timeline"),
         of_inserted(notification_outbox, outbox_queue.ENQUEUED, "notification_").cte("notification"),
     )
 
 
-_INSERT_DEDUPLICATED = _insert_deduplicated()
+_INSERT_NEW = _insert_many(deduplicate=False)
+_INSERT_DEDUPLICATED = _insert_many(deduplicate=True)
 
 
 def insert_one(conn: Connection, new: NewIncident) -> Row | None:
@@ -220,8 +214,9 @@ def _group_many() -> sa.Select:
     event_given = unnest_arrays({"key": key_type, "details": incident_events.c.details.type, "created_at": time_type},
                                 "group_event_", "given_events", ordinality="position")
     kind = sa.cast(sa.literal_column("'alert_grouped'"), incident_events.c.type.type)
-    timeline = incident_events.insert().from_select(
-        events.COLUMNS, sa.select(grouped.c.id, kind, sa.null(), event_given.c.details, event_given.c.created_at)
+    # Each event with its incident as the whole statement left it, as each create's answer shows it.
+    timeline = events.with_incident(
+        sa.select(grouped.c.id, kind, sa.null(), event_given.c.details, event_given.c.created_at, item_json(grouped))
         .join_from(event_given, grouped, grouped.c.dedup_key == event_given.c.key)
         .order_by(event_given.c.position)  # the serial ids of the events follow the creates' order
     )
@@ -379,14 +374,14 @@ def acknowledge_open(enrich: bool) -> sa.Select:
     event = sa.select(
         changed.c.id, sa.cast(sa.literal_column("'acknowledged'"), column.type.type),
         sa.cast(sa.bindparam("actor", type_=column.actor.type), column.actor.type),
-        sa.cast(sa.literal_column("""'{"from": "open"}'"""), column.details.type), now,
+        sa.cast(sa.literal_column("""'{"from": "open"}'"""), column.details.type), now, item_json(changed),
     ).select_from(changed)
     columns, source = platform_alerts.alert_selection(enrich)
     return (
         sa.select(*changed.c, *columns)
         .select_from(changed.outerjoin(source, incident_alerts.c.incident_id == changed.c.id))
         .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-        .add_cte(incident_events.insert().from_select(events.COLUMNS, event).cte("timeline"))
+        .add_cte(events.with_incident(event).cte("timeline"))
     )
 
 
@@ -399,8 +394,10 @@ def link_alerts(conn: Connection, incident_pk: uuid.UUID, alert_ids: Iterable[uu
 def add_links(conn: Connection, incident_pk: uuid.UUID, alert_ids: Sequence[uuid.UUID], now: datetime) -> Row:
     """Link alerts not linked yet, with their `alerts_linked` event; the incident as updated."""
     link_alerts(conn, incident_pk, alert_ids, now)
+    row = update_incident(incident_pk, {"updated_at": now}).execute(conn).one()
+    # After the update: the event's incident is the one it left.
     events.record_event(conn, incident_pk, "alerts_linked", at=now, details={"alert_ids": [str(a) for a in alert_ids]})
-    return update_incident(incident_pk, {"updated_at": now}).execute(conn).one()
+    return row
 
 
 def write_change(
@@ -410,7 +407,13 @@ def write_change(
     """Write a change to an incident the caller holds locked, with its events (and the independent
     writes `together`, an outbox row say); the changed row."""
     update = update_incident(incident_pk, values)
-    (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name), *together)
+    if conn.dialect.name == "postgresql" and timeline:
+        # One statement: the events are written from the UPDATE's RETURNING, with the incident as changed.
+        changed = Bound(_with_events_from(update.statement, len(timeline)),
+                        {**update.parameters, **events.parameters(timeline, "event")})
+        (row,) = execute_together(conn, changed, *together)
+    else:  # SQLite: the events after the update, which their statement then reads
+        (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name), *together)
     return row
 
 

@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
-from incident_app import documents
-from incident_app.statements import rfc3339_text
+from incident_app.repository.items import item_values
 from incident_app.tables import incident_counts, incidents
 
 
@@ -79,18 +78,9 @@ def page_json(filtered_on: tuple[str, ...]) -> sa.Select:
         .subquery("page")
     )
 
-    def value(field: documents.Field) -> sa.ColumnElement[Any]:
-        if field.kind == documents.SECONDS:
-            later = page.c[field.since]
-            return sa.cast(sa.extract("epoch", later - page.c.created_at), postgresql.DOUBLE_PRECISION)
-        column = page.c[field.name]
-        if field.kind == documents.TIMESTAMP:
-            return rfc3339_text(column)
-        return column
-
     # Each item is a row of the API's fields, turned into a JSON object as a whole (json_agg of the
     # row): 0.09 ms less per page than naming every field in a json_build_object.
-    item = sa.select(*(value(field).label(field.name) for field in documents.FIELDS)).subquery("item")
+    item = sa.select(*item_values(page.c)).subquery("item")
     # The RFC 3339 text of a time in UTC sorts as the time does, byte by byte.
     newest_item_first = (item.c.created_at.collate("C").desc(), item.c.incident_id.desc())
     items = sa.func.json_agg(postgresql.aggregate_order_by(item.table_valued(), *newest_item_first))

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from incident_app.repository.feed import EVENT_COLUMNS
+from incident_app.repository.feed import event_columns
 from incident_app.repository.outbox import PENDING
 from incident_app.statements import arrays, bind, prefixed, unnest_arrays
 from incident_app.tables import incident_events, incidents, webhook_deliveries, webhooks
@@ -81,10 +81,10 @@ def secrets(conn: Connection, webhook_ids: Sequence[uuid.UUID]) -> dict[uuid.UUI
 
 
 def events_with_incidents(conn: Connection, event_ids: Sequence[int]) -> list[Row]:
-    """The events with their incidents' columns (event columns as event_*), as the feed reads them."""
+    """The events with their incidents, as the feed reads them (repository.feed.event_columns)."""
     e = incident_events.c
     return list(conn.execute(
-        sa.select(*(e[name].label(f"event_{name}") for name in EVENT_COLUMNS), *incidents.c)
+        sa.select(*event_columns())
         .join_from(incident_events, incidents, incidents.c.id == e.incident_id)
         .where(e.id.in_(list(event_ids)))
     ))
