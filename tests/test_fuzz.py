@@ -57,12 +57,13 @@ FUZZ_EXCLUDED_CHECKS = "positive_data_acceptance"
 
 def test_schemathesis_through_gunicorn_finds_nothing(pg_database, _session_peers, tmp_path):
     oncall, notifier = _session_peers
-    # No background work: the fuzzer subscribes webhooks to the schema's example URL and to URLs of
-    # its own, and delivering to them would ask DNS for hosts this machine cannot resolve. What is
-    # fuzzed here is the answers; deliveries have tests of their own (test_webhooks.py).
+    # Background work on, as in production: the fuzzer subscribes webhooks to the schema's example
+    # URL and to URLs of its own, whose hosts this machine may not resolve (or only slowly), and
+    # delivering to them must never hold an answer (their lookups run on threads of their own,
+    # peers/resolver.py). Deliveries themselves have tests of their own (test_webhooks.py).
     service = GunicornService(
         {"DATABASE_URL": pg_database(), "ONCALL_SERVICE_URL": oncall.url,
-         "NOTIFICATION_SERVICE_URL": notifier.url, "HTTP_CLIENT_TIMEOUT": "2", "BACKGROUND_WORK": "false"},
+         "NOTIFICATION_SERVICE_URL": notifier.url, "HTTP_CLIENT_TIMEOUT": "2"},
         workers=2, log_path=tmp_path / "service.log",
     ).start()
     try:
