@@ -31,6 +31,19 @@ class Change:
 
 
 @dataclass(frozen=True)
+class _Incident:
+    """What `plan` reads of an incident."""
+
+    id: Any
+    status: str
+    assigned_to: str | None = None
+    notes: tuple[dict[str, Any], ...] = ()
+
+
+_OPEN = _Incident(id=None, status=lifecycle.Status.OPEN.value)
+
+
+@dataclass(frozen=True)
 class Patch:
     status: str | None
     assigned_to: str | None  # or UNSET: not given
@@ -51,12 +64,12 @@ class Patch:
         return self.status == lifecycle.Status.ACKNOWLEDGED.value and self.assigned_to is UNSET and self.note is None
 
     def acknowledged(self, now: datetime) -> Change:
-        """The change `plan` works out for this PATCH on an open incident, as far as the answer needs it."""
-        transition = lifecycle.Transition(lifecycle.Status.OPEN.value, lifecycle.Status.ACKNOWLEDGED.value)
-        return Change({"status": transition.to_status, "acknowledged_at": now, "updated_at": now}, [], transition,
-                      now, None)
+        """What `plan` works out for this PATCH on an open incident it has not read: the change a store
+        may write in one statement where the incident is still open (Store.acknowledge_open). Its
+        event names no incident: the statement's row is it."""
+        return self.plan(_OPEN, now)
 
-    def plan(self, row: Row, now: datetime) -> Change:
+    def plan(self, row: Row | _Incident, now: datetime) -> Change:
         """What this PATCH changes on `row` as of `now` (InvalidTransition if the lifecycle forbids it)."""
         values: dict[str, Any] = {}
         timeline: list[dict[str, Any]] = []

@@ -183,10 +183,10 @@ class IncidentService:
             raise NothingToUpdate()
         request = Patch(status, assigned_to, note, author)
         if request.acknowledges_only and INCIDENT_ID.fullmatch(incident_id):
-            now = self.clock()
-            acknowledged = self.store.acknowledge_open(incident_id, now=now, actor=author)
+            change = request.acknowledged(self.clock())
+            acknowledged = self.store.acknowledge_open(incident_id, change)
             if acknowledged is not None:
-                return self._updated(*acknowledged, request.acknowledged(now))
+                return self._updated(*acknowledged, change)
             # Not found, not open, or another request acknowledged it first: the path below says which.
         for _ in range(OPTIMISTIC_ATTEMPTS):
             with self.store.reading() as conn:

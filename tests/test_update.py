@@ -2,10 +2,12 @@
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
+from incident_app.patches import UNSET, Patch
 from incident_app.service import OPTIMISTIC_ATTEMPTS
 from incident_app.tables import incident_events, incidents
 from tests.support.incidents import VALID
@@ -212,3 +214,19 @@ def test_a_transition_made_meanwhile_is_not_made_twice(app, client, incident):
             incident_events.c.incident_id == sa.select(incidents.c.id).where(
                 incidents.c.incident_id == incident["incident_id"]).scalar_subquery())).scalars().all()
     assert kinds.count("acknowledged") == 1
+
+
+def test_the_acknowledge_written_without_a_read_is_what_plan_works_out_for_any_open_incident():
+    """PostgreSQL writes an acknowledge alone in one statement, without reading the incident
+    (Store.acknowledge_open): that is right only while what `plan` works out for it depends on
+    nothing of the incident but its status, which the statement checks."""
+    now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    request = Patch("acknowledged", UNSET, None, "bob")
+    blind = request.acknowledged(now)
+    for assigned_to, notes in ((None, []), ("alice", [{"id": "n", "content": "c", "author": None}])):
+        row = SimpleNamespace(id=uuid.uuid4(), status="open", assigned_to=assigned_to, notes=notes)
+        planned = request.plan(row, now)
+        assert (planned.values, planned.transition, planned.at, planned.note) == (
+            blind.values, blind.transition, blind.at, blind.note)
+        assert [{**event, "incident_id": None} for event in planned.timeline] == blind.timeline
+    assert [event["type"] for event in blind.timeline] == ["acknowledged"]

@@ -56,18 +56,29 @@ def _insert_events(count: int, prefix: str) -> sa.Insert:
 def from_rows(count: int, prefix: str, source: sa.FromClause | None = None) -> sa.Insert:
     """PostgreSQL: the INSERT of `count` events bound as `parameters` names them, each with its
     incident from `incidents` as the statement reads it; with `source` (a data-modifying CTE
-    returning the incident's columns), once per row it returns, with the incident as changed: none
-    when it changed nothing."""
+    returning the incident's columns), once per row it returns, that row being their incident as
+    changed (bound as `parameters(..., of_source=True)` names them): none when it changed nothing."""
 
     def row(index: int) -> sa.Select:
         # Cast: in a UNION, PostgreSQL would otherwise take an untyped value for text, not jsonb.
-        columns = (incident_events.c[name] for name in COLUMNS)
-        values = [sa.cast(sa.bindparam(f"{prefix}_{index}_{c.name}", type_=c.type), c.type) for c in columns]
+        values = {c.name: sa.cast(sa.bindparam(f"{prefix}_{index}_{c.name}", type_=c.type), c.type)
+                  for c in (incident_events.c[name] for name in COLUMNS)}
         if source is None:
-            return sa.select(*values, item_json(incidents)).where(incidents.c.id == values[0])
-        return sa.select(*values, item_json(source)).select_from(source)
+            return sa.select(*values.values(), item_json(incidents)).where(incidents.c.id == values["incident_id"])
+        values["incident_id"] = source.c.id
+        return sa.select(*values.values(), item_json(source)).select_from(source)
 
     return with_incident(row(0) if count == 1 else sa.union_all(*(row(index) for index in range(count))))
+
+
+def parameters(
+    events: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]], prefix: str, *, of_source: bool = False,
+) -> dict[str, Any]:
+    """The values of `events` under the names `from_rows` binds them; `of_source`: for `from_rows`
+    with a source, which gives their incident itself."""
+    return {name: value for index, e in enumerate(events)
+            for name, value in prefixed(e, f"{prefix}_{index}_").items()
+            if not (of_source and name == f"{prefix}_{index}_incident_id")}
 
 
 def with_incident(rows: sa.Select) -> sa.Insert:
@@ -95,11 +106,6 @@ def _sqlite_insert() -> sa.Insert:
 
 
 _SQLITE_INSERT = _sqlite_insert()
-
-
-def parameters(events: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]], prefix: str) -> dict[str, Any]:
-    """The values of `events` under the names `from_rows` binds them."""
-    return {name: value for index, e in enumerate(events) for name, value in prefixed(e, f"{prefix}_{index}_").items()}
 
 
 def record_event(

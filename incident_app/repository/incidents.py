@@ -286,7 +286,7 @@ def assign_if_unassigned(
     if postgres:
         # One statement: the event is written from the UPDATE's RETURNING, so only when it assigned.
         rows = execute_together(conn, Bound(assigned, parameters),
-                                Bound(assigned_event, events.parameters([event], "assigned")), *together)
+                                Bound(assigned_event, events.parameters([event], "assigned", of_source=True)), *together)
     else:
         rows = conn.execute(assigned, parameters).all()
         for statement in (events.insert_events(event, dialect=conn.dialect.name) if rows else None, *together):
@@ -326,7 +326,8 @@ def change_if_unchanged(
 ) -> tuple[sa.Select, dict[str, Any]]:
     """PostgreSQL: `update_if_unchanged`'s one statement (built once per shape) and its parameters."""
     statement = _with_events_from(_update_if_unchanged(tuple(values), tuple(unchanged)), len(timeline))
-    return statement, {**_unchanged_parameters(row, values, unchanged), **events.parameters(timeline, "event")}
+    return statement, {**_unchanged_parameters(row, values, unchanged),
+                       **events.parameters(timeline, "event", of_source=True)}
 
 
 def _unchanged_parameters(row: Row, values: Mapping[str, Any], unchanged: Sequence[str]) -> dict[str, Any]:
@@ -354,34 +355,37 @@ def _with_events_from(update: sa.Update, event_count: int) -> sa.Select:
     return sa.select(*changed.c).add_cte(events.from_rows(event_count, "event", source=changed).cte("timeline"))
 
 
+def acknowledge_open(
+    incident_id: str, values: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]], *, was_status: str,
+    enrich: bool,
+) -> tuple[sa.Select, dict[str, Any]]:
+    """PostgreSQL: write `values` and the `timeline` events (patches.Patch.acknowledged: worked out
+    for an open incident without reading it) to the incident `incident_id` if its status is still
+    `was_status`, and answer it as `incident_with_alerts` reads one: a PATCH's read and write in one
+    round trip. The statement (built once per shape) and its parameters. No row when it changed
+    nothing (no such incident, or no longer open: the caller's read-then-write path decides what
+    that means). Of concurrent ones exactly one changes the row: the others, having waited for it,
+    find it no longer open."""
+    statement = _acknowledge_open(tuple(values), len(timeline), enrich)
+    return statement, {"incident_id": incident_id, "was_status": was_status, **prefixed(values, "new_"),
+                       **events.parameters(timeline, "event", of_source=True)}
+
+
 @functools.cache
-def acknowledge_open(enrich: bool) -> sa.Select:
-    """PostgreSQL: acknowledge the incident bound as `incident_id` if it is `open`, with its
-    `acknowledged` event (bound as `actor` and `now`), and answer it as `incident_with_alerts`
-    reads one: a PATCH's read and write in one round trip. No row when it changed nothing (no such
-    incident, or not open: the caller's read-then-write path decides what that means). Of
-    concurrent ones exactly one changes the row: the others, having waited for it, find it no
-    longer open. Built once."""
-    now = sa.bindparam("now", type_=incidents.c.updated_at.type)
+def _acknowledge_open(columns: tuple[str, ...], event_count: int, enrich: bool) -> sa.Select:
     changed = (
         incidents.update()
-        .where(incidents.c.incident_id == sa.bindparam("incident_id"), incidents.c.status == "open")
-        .values(status="acknowledged", acknowledged_at=now, updated_at=now)
+        .where(incidents.c.incident_id == sa.bindparam("incident_id"), incidents.c.status == sa.bindparam("was_status"))
+        .values(bind(incidents, columns, "new_"))
         .returning(*incidents.c)
         .cte("acknowledged")
     )
-    column = incident_events.c
-    event = sa.select(
-        changed.c.id, sa.cast(sa.literal_column("'acknowledged'"), column.type.type),
-        sa.cast(sa.bindparam("actor", type_=column.actor.type), column.actor.type),
-        sa.cast(sa.literal_column("""'{"from": "open"}'"""), column.details.type), now, item_json(changed),
-    ).select_from(changed)
-    columns, source = platform_alerts.alert_selection(enrich)
+    alert_columns, source = platform_alerts.alert_selection(enrich)
     return (
-        sa.select(*changed.c, *columns)
+        sa.select(*changed.c, *alert_columns)
         .select_from(changed.outerjoin(source, incident_alerts.c.incident_id == changed.c.id))
         .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-        .add_cte(events.with_incident(event).cte("timeline"))
+        .add_cte(events.from_rows(event_count, "event", source=changed).cte("timeline"))
     )
 
 
@@ -410,7 +414,7 @@ def write_change(
     if conn.dialect.name == "postgresql" and timeline:
         # One statement: the events are written from the UPDATE's RETURNING, with the incident as changed.
         changed = Bound(_with_events_from(update.statement, len(timeline)),
-                        {**update.parameters, **events.parameters(timeline, "event")})
+                        {**update.parameters, **events.parameters(timeline, "event", of_source=True)})
         (row,) = execute_together(conn, changed, *together)
     else:  # SQLite: the events after the update, which their statement then reads
         (row,) = execute_together(conn, update, events.insert_events(*timeline, dialect=conn.dialect.name), *together)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app.documents import AlertsJson, Page
+from incident_app.patches import Change
 from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts
 from incident_app.repository import incidents as repo
@@ -130,12 +131,10 @@ class Store(abc.ABC):
         with self.single_statement() as conn:
             return repo.update_if_unchanged(conn, row, values, timeline, unchanged=unchanged)
 
-    def acknowledge_open(
-        self, incident_id: str, *, now: datetime, actor: str | None
-    ) -> tuple[Row, list[dict[str, Any]]] | None:
-        """Acknowledge the incident if it is open, with its event, in one statement: the incident and
-        its linked alerts; None when that changed nothing, or the database has no such statement
-        (SQLite: the use case reads, then writes)."""
+    def acknowledge_open(self, incident_id: str, change: Change) -> tuple[Row, list[dict[str, Any]]] | None:
+        """Write `change` (Patch.acknowledged) with its events if the incident is still open, in one
+        statement: the incident and its linked alerts; None when that changed nothing, or the
+        database has no such statement (SQLite: the use case reads, then writes)."""
         return None
 
     # ------------------------------------------------------------------ reads

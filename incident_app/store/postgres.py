@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from incident_app.batching import GroupCommit
 from incident_app.documents import AlertsJson, Page
+from incident_app.patches import Change
 from incident_app.prepared import execute_prepared
 from incident_app.repository import analytics as analytics_queries
 from incident_app.repository import first_contacts, pages, platform_alerts
@@ -98,15 +99,15 @@ class PostgresStore(Store):
             rows = execute_prepared(conn, statement, parameters).all()
         return rows[0] if rows else None
 
-    def acknowledge_open(
-        self, incident_id: str, *, now: datetime, actor: str | None
-    ) -> tuple[Row, list[dict[str, Any]]] | None:
+    def acknowledge_open(self, incident_id: str, change: Change) -> tuple[Row, list[dict[str, Any]]] | None:
         # The bench's acknowledge (and the commonest PATCH): the read before the write was a fifth
         # of a worker's time on it, and a statement more for PostgreSQL (docs/performance.md).
-        parameters = {"incident_id": incident_id, "now": now, "actor": actor}
         with self.single_statement() as conn:
             def query(enrich: bool) -> tuple[Row, list[dict[str, Any]]] | None:
-                return repo.incident_and_alerts(execute_prepared(conn, repo.acknowledge_open(enrich), parameters).all())
+                statement, parameters = repo.acknowledge_open(
+                    incident_id, change.values, change.timeline, was_status=change.transition.from_status,
+                    enrich=enrich)
+                return repo.incident_and_alerts(execute_prepared(conn, statement, parameters).all())
 
             # A statement that fails writes nothing, so the one without the platform's fields may follow it.
             return platform_alerts.enriched_if_possible(conn, query)
