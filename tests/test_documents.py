@@ -133,18 +133,20 @@ def test_created_incident_is_the_declared_schemas_dump(client, app, create_incid
     assert documents.incident_json(document) == schemas.IncidentSchema().dump(document)
 
 
-def test_alerts_written_apart_splice_into_the_same_document(client, app, create_incident, clock):
+@pytest.mark.parametrize("prefix", ["u/", 'http://alerts.example/"q"\\b/\u00fc\'\t/'])
+def test_alerts_written_apart_splice_into_the_same_document(client, app, create_incident, clock, prefix):
     """A grouped create's answer splices its alerts' JSON texts (AlertsJson) into the rest of the
     document: the same document as incident_json's, whichever store wrote the texts, and the texts
-    PostgreSQL writes are those AlertsJson.of formats from the alerts read into Python."""
+    PostgreSQL writes are those AlertsJson.of formats from the alerts read into Python, whatever
+    the alerts' url holds (PostgreSQL writes a link's object as text, its url escaped beforehand)."""
     clock.set(T0)
     created = create_incident(alert_ids=ALERT_IDS)
     store = app.extensions["store"]
     with app.extensions["engine"].connect() as conn:
         row = conn.execute(sa.select(incidents).where(incidents.c.incident_id == created["incident_id"])).one()
-        alerts = [{**alert, "url": f"u/{alert['alert_id']}"} for alert in store.linked_alerts(conn, row.id)]
+        alerts = [{**alert, "url": f"{prefix}{alert['alert_id']}"} for alert in store.linked_alerts(conn, row.id)]
     document = documents.incident_document(row, alerts)
-    written = store.linked_alerts_json(row.id, "u/")
+    written = store.linked_alerts_json(row.id, prefix)
     expected = documents.AlertsJson.of(alerts)
     assert (json.loads(written.alerts), json.loads(written.alert_ids)) == (
         json.loads(expected.alerts), json.loads(expected.alert_ids))

@@ -6,6 +6,7 @@ Over 300 lines: each write of an incident is here in both its forms, PostgreSQL'
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -448,22 +449,28 @@ def _linked_alerts(enrich: bool) -> sa.Select:
 @functools.cache
 def linked_alerts_json(enrich: bool) -> sa.Select:
     """PostgreSQL: the linked alerts of one incident (bound as `incident_pk`) as two JSON texts, its
-    document's `alerts` (each alert's url: `alert_url` followed by its id) and `alert_ids`, in
-    `linked_alerts`' order (documents.AlertsJson). Built once."""
-    url = sa.bindparam("alert_url", type_=sa.Text) + sa.cast(incident_alerts.c.alert_id, sa.Text)
-    alert, source = platform_alerts.alert_json(enrich, url)
+    document's `alerts` (each alert's url: `alert_url` followed by its id; `alert_url_json` is that
+    prefix as the content of a JSON string) and `alert_ids`, in `linked_alerts`'
+    order (documents.AlertsJson). Built once."""
+    alert, source = platform_alerts.alert_json_text(enrich, sa.bindparam("alert_url", type_=sa.Text),
+                                                    sa.bindparam("alert_url_json", type_=sa.Text))
     oldest_first = (incident_alerts.c.linked_at, incident_alerts.c.alert_id)
-
-    def array(value: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
-        aggregated = sa.func.json_agg(postgresql.aggregate_order_by(value, *oldest_first))
-        # As text: psycopg2 would otherwise decode the json into Python objects.
-        return sa.cast(sa.func.coalesce(aggregated, sa.literal_column("'[]'::json")), sa.Text)
-
+    # The objects' texts joined into an array's: json_agg would parse each text back into JSON.
+    joined = sa.func.string_agg(alert, sa.literal_column("','")).aggregate_order_by(*oldest_first)
+    alerts = sa.func.concat(platform_alerts.constant("["), joined, platform_alerts.constant("]"))  # concat skips a null
+    ids = sa.func.json_agg(postgresql.aggregate_order_by(incident_alerts.c.alert_id, *oldest_first))
     return (
-        sa.select(array(alert).label("alerts"), array(incident_alerts.c.alert_id).label("alert_ids"))
+        # As text: psycopg2 would otherwise decode the json into Python objects.
+        sa.select(alerts.label("alerts"), sa.cast(sa.func.coalesce(ids, sa.literal_column("'[]'::json")), sa.Text)
+                  .label("alert_ids"))
         .select_from(source)
         .where(incident_alerts.c.incident_id == sa.bindparam("incident_pk", type_=sa.Uuid()))
     )
+
+
+def alert_url_json(prefix: str) -> str:
+    """The content of the JSON string of `prefix`: what `linked_alerts_json` binds as `alert_url_json`."""
+    return json.dumps(prefix)[1:-1]
 
 
 @functools.cache

@@ -87,20 +87,38 @@ def alert_selection(enrich: bool) -> tuple[list[Any], Any]:
     return columns, incident_alerts.outerjoin(_platform_alerts, a.id == incident_alerts.c.alert_id)
 
 
-def alert_json(enrich: bool, url: sa.ColumnElement[str]) -> tuple[sa.ColumnElement[Any], Any]:
-    """PostgreSQL: a linked alert as the JSON object `alert_entry` makes of its row (the platform's
-    fields only for an alert its table holds) followed by its `url`, as documents.incident_json
-    writes it; and the tables it comes from (`alert_selection`'s)."""
+def alert_json_text(
+    enrich: bool, url_prefix: sa.ColumnElement[str], url_prefix_json: sa.ColumnElement[str],
+) -> tuple[sa.ColumnElement[str], Any]:
+    """PostgreSQL: a linked alert as the JSON text of the object `alert_entry` makes of its row (the
+    platform's fields only for an alert its table holds) followed by its `url` (`url_prefix` then
+    the alert's id; `url_prefix_json` is the same prefix as the content of a JSON string), as
+    documents.incident_json writes it; and the tables it comes from (`alert_selection`'s).
+
+    A link alone, the storm's every alert, is written as text: none of its values needs escaping (a
+    UUID, a time as rfc3339_text writes it, the prefix escaped before it is bound), and building
+    it with json_build_object was a third of what a grouped create's answer cost PostgreSQL at 360
+    alerts (docs/performance.md). An alert with the platform's fields, free text among them, goes
+    through json_build_object, which escapes them."""
     link = incident_alerts.c
-    pairs: dict[str, sa.ColumnElement[Any]] = {"alert_id": link.alert_id, "linked_at": rfc3339_text(link.linked_at)}
+    alert_id = sa.cast(link.alert_id, sa.Text)
+    linked = sa.func.concat(constant('{"alert_id":"'), alert_id, constant('","linked_at":"'),
+                            rfc3339_text(link.linked_at), constant('","url":"'), sa.cast(url_prefix_json, sa.Text),
+                            alert_id, constant('"}'))
     _, source = alert_selection(enrich)
     if not enrich:
-        return _json_object({**pairs, "url": url}), source
+        return linked, source
     a = _platform_alerts.c
-    known = {**pairs, "service": sa.cast(a.service, sa.Text), "severity": sa.cast(a.severity, sa.Text),
-             "message": sa.cast(a.message, sa.Text), "timestamp": rfc3339_text(a.timestamp), "url": url}
-    entry = sa.case((a.id.is_not(None), _json_object(known)), else_=_json_object({**pairs, "url": url}))
-    return entry, source
+    known = {"alert_id": link.alert_id, "linked_at": rfc3339_text(link.linked_at),
+             "service": sa.cast(a.service, sa.Text), "severity": sa.cast(a.severity, sa.Text),
+             "message": sa.cast(a.message, sa.Text), "timestamp": rfc3339_text(a.timestamp),
+             "url": sa.func.concat(sa.cast(url_prefix, sa.Text), alert_id)}
+    return sa.case((a.id.is_not(None), sa.cast(_json_object(known), sa.Text)), else_=linked), source
+
+
+def constant(text: str) -> sa.ColumnElement[str]:
+    """A constant text in the statement itself (not a parameter: concat() would not know its type)."""
+    return sa.literal_column("'" + text.replace("'", "''") + "'", sa.Text)
 
 
 def _json_object(pairs: Mapping[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:

@@ -132,10 +132,12 @@ class PostgresStore(Store):
     def linked_alerts_json(self, incident_pk: uuid.UUID, alert_url: str) -> AlertsJson:
         # Written by PostgreSQL in C: at 330 alerts, reading them into Python and formatting them
         # cost a grouped create 3 ms of worker CPU.
-        parameters = {"incident_pk": incident_pk, "alert_url": alert_url}
+        parameters = {"incident_pk": incident_pk, "alert_url_json": repo.alert_url_json(alert_url)}
         with self.reading() as conn:
             def query(enrich: bool) -> AlertsJson:
-                texts = execute_prepared(conn, repo.linked_alerts_json(enrich), parameters).one()
+                # The platform's alerts are written by json_build_object, which takes the url as it is.
+                given = {**parameters, "alert_url": alert_url} if enrich else parameters
+                texts = execute_prepared(conn, repo.linked_alerts_json(enrich), given).one()
                 return AlertsJson(texts.alerts, texts.alert_ids)
 
             return platform_alerts.enriched_if_possible(conn, query)
