@@ -176,3 +176,17 @@ def test_the_item_the_database_writes_is_the_list_items_json(app, client, create
     assert (written[timed["incident_id"]]["mtta_seconds"], written[timed["incident_id"]]["mttr_seconds"]) == (
         3723.654321, 172800.000001)
     assert written[whole["incident_id"]]["mttr_seconds"] == 7.0
+
+
+def test_filters_match_the_incident_as_each_event_left_it(client):
+    follower = follow(client, "?severity=critical")
+    try:
+        created = client.post(URL, json={**VALID, "severity": "medium", "dedup_key": "disk/raised"})
+        raised = client.post(URL, json={**VALID, "severity": "critical", "dedup_key": "disk/raised"})
+        assert (created.status_code, raised.status_code) == (201, 200)
+        client.patch(f"{URL}/{created.get_json()['incident_id']}", json={"status": "acknowledged"})
+        events = follower.until(3)  # severity_raised, its notified, acknowledged: the incident critical
+    finally:
+        follower.close()
+    assert [e["event"] for e in events] == ["severity_raised", "notified", "acknowledged"]
+    assert {e["data"]["incident"]["severity"] for e in events} == {"critical"}
