@@ -79,7 +79,8 @@ def _record_statement() -> sa.Select:
         .where(incidents.c.id == contact.c.incident_pk, incidents.c.assigned_to.is_(None),
                contact.c.assignee.is_not(None))
         .values(assigned_to=contact.c.assignee, updated_at=contact.c.assigned_at)
-        .returning(*incidents.c)
+        # With its list item, built once for both events of a contact it assigns.
+        .returning(*incidents.c, item_json(incidents).label("item"))
         .cte("assigned")
     )
 
@@ -97,11 +98,11 @@ def _record_statement() -> sa.Select:
     )
     assigned_to = sa.func.jsonb_build_object(sa.literal_column("'assigned_to'"), assigned.c.assigned_to)
     # A `notified` event's incident: as assigned by this statement, or else as it stands.
-    notified_incident = sa.case((assigned.c.id.is_not(None), item_json(assigned)), else_=item_json(incidents))
+    notified_incident = sa.case((assigned.c.id.is_not(None), assigned.c.item), else_=item_json(incidents))
     notified_source = (contact.join(incidents, incidents.c.id == contact.c.incident_pk)
                        .outerjoin(assigned, assigned.c.id == contact.c.incident_pk))
-    return sa.select(*assigned.c).add_cte(
-        timeline("assigned", assigned, assigned.c.id, assigned_to, assigned.c.updated_at, item_json(assigned)),
+    return sa.select(*(assigned.c[column.name] for column in incidents.columns)).add_cte(
+        timeline("assigned", assigned, assigned.c.id, assigned_to, assigned.c.updated_at, assigned.c.item),
         sent,
         timeline("notified", notified_source, contact.c.incident_pk, contact.c.notified, contact.c.sent_at,
                  notified_incident),
