@@ -76,9 +76,9 @@ def parameters(
 ) -> dict[str, Any]:
     """The values of `events` under the names `from_rows` binds them; `of_source`: for `from_rows`
     with a source, which gives their incident itself."""
+    left_out = {"incident_id"} if of_source else set()
     return {name: value for index, e in enumerate(events)
-            for name, value in prefixed(e, f"{prefix}_{index}_").items()
-            if not (of_source and name == f"{prefix}_{index}_incident_id")}
+            for name, value in prefixed({k: v for k, v in e.items() if k not in left_out}, f"{prefix}_{index}_").items()}
 
 
 def with_incident(rows: sa.Select) -> sa.Insert:
