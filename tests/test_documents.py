@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from incident_app import documents, schemas
 from incident_app.repository.pages import ListFilters, list_incidents
 from incident_app.store.sqlite import SqliteStore
-from incident_app.tables import incidents
+from incident_app.tables import incident_alerts, incidents
 
 URL = "/api/v1/incidents"
 T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -154,3 +154,28 @@ def test_alerts_written_apart_splice_into_the_same_document(client, app, create_
     whole = documents.incident_json(document)
     assert json.loads(spliced) == whole == json.loads(documents.incident_json_text(document))
     assert list(json.loads(spliced)) == list(schemas.IncidentSchema().dump(document)), "fields in the schema's order"
+
+
+def test_alerts_texts_keep_the_links_order_however_they_were_stored(app, create_incident, clock):
+    """The alerts' texts follow `linked_at`, then the alert id, for links stored in another order
+    (PostgreSQL sorts them once, in a subquery, for both texts); an incident without links has two
+    empty arrays."""
+    clock.set(T0)
+    bare = create_incident()
+    linked = create_incident()
+    links = [{"alert_id": uuid.uuid4(), "linked_at": T0 + timedelta(seconds=i % 7, microseconds=i)} for i in range(300)]
+    links += [{"alert_id": uuid.uuid4(), "linked_at": T0} for _ in range(20)]  # ties: by alert id
+    store = app.extensions["store"]
+    engine = app.extensions["engine"]
+    with engine.begin() as conn:
+        pks = {row.incident_id: row.id for row in conn.execute(sa.select(incidents.c.incident_id, incidents.c.id))}
+        rows = [{"incident_id": pks[linked["incident_id"]], **link} for link in links]
+        conn.execute(incident_alerts.insert(), sorted(rows, key=lambda row: str(row["alert_id"]), reverse=True))
+    written = store.linked_alerts_json(pks[linked["incident_id"]], "u/")
+    in_order = sorted(links, key=lambda link: (link["linked_at"], link["alert_id"]))
+    assert json.loads(written.alert_ids) == [str(link["alert_id"]) for link in in_order]
+    assert [alert["alert_id"] for alert in json.loads(written.alerts)] == json.loads(written.alert_ids)
+    assert json.loads(written.alerts)[0] == {"alert_id": str(in_order[0]["alert_id"]),
+                                             "linked_at": documents.rfc3339(T0), "url": f"u/{in_order[0]['alert_id']}"}
+    empty = store.linked_alerts_json(pks[bare["incident_id"]], "u/")
+    assert (empty.alerts, empty.alert_ids) == ("[]", "[]")

@@ -88,32 +88,35 @@ def alert_selection(enrich: bool) -> tuple[list[Any], Any]:
 
 
 def alert_json_text(
-    enrich: bool, url_prefix: sa.ColumnElement[str], url_prefix_json: sa.ColumnElement[str],
-) -> tuple[sa.ColumnElement[str], Any]:
+    enrich: bool, url_prefix: sa.ColumnElement[str], url_prefix_json: sa.ColumnElement[str], link: Any,
+) -> sa.ColumnElement[str]:
     """PostgreSQL: a linked alert as the JSON text of the object `alert_entry` makes of its row (the
     platform's fields only for an alert its table holds) followed by its `url` (`url_prefix` then
     the alert's id; `url_prefix_json` is the same prefix as the content of a JSON string), as
-    documents.incident_json writes it; and the tables it comes from (`alert_selection`'s).
+    documents.incident_json writes it. `link` holds the columns of `alert_text_selection`'s rows.
 
     A link alone, the storm's every alert, is written as text: none of its values needs escaping (a
     UUID, a time as rfc3339_text writes it, the prefix escaped before it is bound), and building
     it with json_build_object was a third of what a grouped create's answer cost PostgreSQL at 360
     alerts (docs/performance.md). An alert with the platform's fields, free text among them, goes
     through json_build_object, which escapes them."""
-    link = incident_alerts.c
-    alert_id = sa.cast(link.alert_id, sa.Text)
+    alert_id = link.alert_id_text
     linked = sa.func.concat(constant('{"alert_id":"'), alert_id, constant('","linked_at":"'),
                             rfc3339_text(link.linked_at), constant('","url":"'), sa.cast(url_prefix_json, sa.Text),
                             alert_id, constant('"}'))
-    _, source = alert_selection(enrich)
     if not enrich:
-        return linked, source
-    a = _platform_alerts.c
-    known = {"alert_id": link.alert_id, "linked_at": rfc3339_text(link.linked_at),
-             "service": sa.cast(a.service, sa.Text), "severity": sa.cast(a.severity, sa.Text),
-             "message": sa.cast(a.message, sa.Text), "timestamp": rfc3339_text(a.timestamp),
-             "url": sa.func.concat(sa.cast(url_prefix, sa.Text), alert_id)}
-    return sa.case((a.id.is_not(None), sa.cast(_json_object(known), sa.Text)), else_=linked), source
+        return linked
+    known = {"alert_id": link.linked_alert_id, "linked_at": rfc3339_text(link.linked_at),
+             "service": link.alert_service, "severity": link.alert_severity, "message": link.alert_message,
+             "timestamp": rfc3339_text(link.alert_timestamp), "url": sa.func.concat(sa.cast(url_prefix, sa.Text), alert_id)}
+    return sa.case((link.alert_known, sa.cast(_json_object(known), sa.Text)), else_=linked)
+
+
+def alert_text_selection(enrich: bool) -> tuple[list[Any], Any]:
+    """`alert_selection`'s columns with the alert's id as text (`alert_id_text`), which
+    `alert_json_text` writes into each alert's JSON twice, and the tables they come from."""
+    columns, source = alert_selection(enrich)
+    return [*columns, sa.cast(incident_alerts.c.alert_id, sa.Text).label("alert_id_text")], source
 
 
 def constant(text: str) -> sa.ColumnElement[str]:
