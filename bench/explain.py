@@ -51,11 +51,12 @@ def explain_report(url: str, rows: int, now: datetime) -> str:
     month = analytics.AnalyticsFilters(service="svc-05", since=now - timedelta(days=30), until=now)
     deep = min(10_000, rows // 2)
     def page(offset: int = 0, **filters: str):
-        # The statement the service runs for a list on PostgreSQL.
-        return lambda c: PostgresStore.page_json(c, ListFilters(**filters), limit=50, offset=offset)
+        # The statement the service runs for a list on PostgreSQL, planned as the service plans it.
+        return ["enable_seqscan = on"], lambda c: PostgresStore.page_json(c, ListFilters(**filters), limit=50, offset=offset)
 
     def analysed(filters: analytics.AnalyticsFilters):
-        return lambda c: analytics.incident_analytics(c, filters)
+        # Under the store's settings for analytics (PostgresStore.analytics).
+        return PostgresStore.analytics_settings(filters), lambda c: analytics.incident_analytics(c, filters)
 
     cases = [
         ("list, no filter", page()),
@@ -69,10 +70,10 @@ def explain_report(url: str, rows: int, now: datetime) -> str:
     ]
     out = [f"# EXPLAIN ANALYZE at {rows:,} incidents", ""]
     with engine.connect() as conn:
-        for title, call in cases:
-            # Analytics plan under the store's setting for them (PostgresStore.analytics), lists without.
-            setting = PostgresStore.ANALYTICS_SETTING if title.startswith("analytics") else "enable_seqscan = on"
-            conn.exec_driver_sql(f"SET {setting}")
+        for title, (settings, call) in cases:
+            conn.exec_driver_sql("RESET ALL")
+            for setting in settings:
+                conn.exec_driver_sql(f"SET {setting}")
             out += [f"## {title}", "", *_explained(conn, call)]
     engine.dispose()
     return "\n".join(out)

@@ -445,3 +445,33 @@ def test_analytics_are_a_few_aggregate_queries(client, app):
     groups = {(s.service, s.severity, s.status) for s in many}
     assert len(groups) == 36 and max(returned) <= len(groups), returned
     assert sum(returned) <= len(groups) + 4, returned
+
+
+@pytest.mark.parametrize(("query", "parallel"), [({}, True), ({"service": "api"}, True),
+                                                 ({"since": WINDOW_START.isoformat()}, False),
+                                                 ({"until": WINDOW_END.isoformat()}, False)])
+def test_analytics_statements_run_under_their_settings(client, app, query, parallel):
+    """PostgreSQL: index paths only and room for the percentiles' sort in every analytics
+    transaction, and no parallel workers for a time window; nothing of it outlives the transaction."""
+    engine: sa.Engine = app.extensions["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner settings")
+    insert(app, [Seed("api", "high", hours(i), mtta=10.0 * (i + 1), mttr=100.0 * (i + 1)) for i in range(10)])
+    names = ("enable_seqscan", "work_mem", "max_parallel_workers_per_gather")
+    seen: list[tuple[str, ...]] = []
+
+    def read_settings(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "GROUP BY" in statement:
+            cursor.execute("SELECT " + ", ".join(f"current_setting('{name}')" for name in names))
+            seen.append(cursor.fetchone())
+
+    sa.event.listen(engine, "after_cursor_execute", read_settings)
+    try:
+        assert client.get("/api/v1/incidents/analytics", query_string=query).status_code == 200
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", read_settings)
+    with engine.connect() as conn:
+        default_parallel = conn.exec_driver_sql("SHOW max_parallel_workers_per_gather").scalar_one()
+        after = tuple(conn.exec_driver_sql(f"SHOW {name}").scalar_one() for name in names)
+    assert seen == [("off", "16MB", default_parallel if parallel else "0")]
+    assert after[0] == "on" and after[1] != "16MB"

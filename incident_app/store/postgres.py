@@ -33,6 +33,20 @@ class PostgresStore(Store):
     # PostgreSQL's default costs prefer reading the whole table when nothing narrows it: 230 ms
     # instead of 110 ms at a million rows. Index paths only, for an analytics transaction.
     ANALYTICS_SETTING = "enable_seqscan = off"
+    # Room for the percentiles' sort of a 30-day window in memory (about 245,000 durations each at
+    # a million rows, which spilled to disk with the default 4 MB), for at most a quarter of a
+    # pool's connections per worker (analytics_cache.computations_for_pool).
+    ANALYTICS_WORK_MEM = "work_mem = '16MB'"
+    # A time window is a range of that index: its parallel plan's workers cost more CPU than they
+    # save once several computations share the cores (32 connections, 30 days: 18.4 against 15.3
+    # computations a second, PostgreSQL alone), for 6 ms more alone (docs/performance.md).
+    ANALYTICS_WINDOW_SETTING = "max_parallel_workers_per_gather = 0"
+
+    @classmethod
+    def analytics_settings(cls, filters: analytics_queries.AnalyticsFilters) -> list[str]:
+        """What an analytics transaction sets for its statements (SET LOCAL)."""
+        windowed = filters.since is not None or filters.until is not None
+        return [cls.ANALYTICS_SETTING, cls.ANALYTICS_WORK_MEM, *([cls.ANALYTICS_WINDOW_SETTING] if windowed else [])]
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
@@ -147,7 +161,8 @@ class PostgresStore(Store):
             # One snapshot for its two statements: the ranks read from the duration indexes are
             # counted by the grouped pass, and an acknowledge between the two would shift them.
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.exec_driver_sql(f"SET LOCAL {self.ANALYTICS_SETTING}")
+            for setting in self.analytics_settings(filters):
+                conn.exec_driver_sql(f"SET LOCAL {setting}")
             return analytics_queries.incident_analytics(conn, filters)
 
     def page(self, filters: ListFilters, *, limit: int, offset: int) -> Page:
