@@ -5,6 +5,7 @@ These tests fail when a field is added in one place only, or when two formatters
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -179,3 +180,53 @@ def test_alerts_texts_keep_the_links_order_however_they_were_stored(app, create_
                                              "linked_at": documents.rfc3339(T0), "url": f"u/{in_order[0]['alert_id']}"}
     empty = store.linked_alerts_json(pks[bare["incident_id"]], "u/")
     assert (empty.alerts, empty.alert_ids) == ("[]", "[]")
+
+
+def test_alert_reads_of_the_moment_share_one_statement_each_caller_its_own_texts(app, create_incident, clock):
+    """PostgreSQL: the grouped answers' alert reads queued behind one in progress share the next
+    statement, an incident asked for twice read once, and every caller gets its own incident's
+    texts (SQLite reads each alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.reliability import wait_until
+
+    engine: sa.Engine = app.extensions["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgresStore's group commit of reads")
+    clock.set(T0)
+    created = [create_incident(alert_ids=[str(uuid.uuid4()) for _ in range(n)]) for n in (0, 1, 3)]
+    with engine.connect() as conn:
+        pks = [conn.execute(sa.select(incidents.c.id).where(incidents.c.incident_id == c["incident_id"])).scalar_one()
+               for c in created]
+    store = app.extensions["store"]
+    reads: list[list] = []
+    reading, release = threading.Event(), threading.Event()
+
+    def hold_the_first(conn, cursor, statement, parameters, context, executemany) -> None:
+        # The prepared read (EXECUTE) is the one statement here given a list: the incidents' ids.
+        listed = [value for value in (parameters or {}).values() if isinstance(value, list)]
+        if statement.startswith("EXECUTE") and listed:
+            reads.append(sorted(map(str, listed[0])))
+            if len(reads) == 1:
+                reading.set()
+                assert release.wait(10)
+
+    sa.event.listen(engine, "before_cursor_execute", hold_the_first)
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            first = pool.submit(store.linked_alerts_json, pks[0], "u/")
+            assert reading.wait(10)
+            asked = [pks[1], pks[2], pks[1], pks[0], pks[2]]
+            queued = []
+            for count, pk in enumerate(asked, start=1):
+                queued.append(pool.submit(store.linked_alerts_json, pk, "u/"))
+                assert wait_until(lambda count=count: store._alert_reads.waiting() == count, timeout=10)
+            release.set()
+            answers = [first.result(10), *(future.result(10) for future in queued)]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", hold_the_first)
+    assert reads == [[str(pks[0])], sorted(map(str, pks))], "the queued five in one statement, each incident once"
+    wanted = [created[i] for i in (0, 1, 2, 1, 0, 2)]
+    assert [json.loads(a.alert_ids) for a in answers] == [c["alert_ids"] for c in wanted]
+    assert [json.loads(a.alerts) for a in answers] == [
+        [{**alert, "url": f"u/{alert['alert_id']}"} for alert in c["alerts"]] for c in wanted]

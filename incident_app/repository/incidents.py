@@ -448,22 +448,25 @@ def _linked_alerts(enrich: bool) -> sa.Select:
 
 @functools.cache
 def linked_alerts_json(enrich: bool) -> sa.Select:
-    """PostgreSQL: the linked alerts of one incident (bound as `incident_pk`) as two JSON texts, its
-    document's `alerts` (each alert's url: `alert_url` followed by its id; `alert_url_json` is that
-    prefix as the content of a JSON string) and `alert_ids`, in `linked_alerts`' order
-    (documents.AlertsJson). Built once.
+    """PostgreSQL: the linked alerts of incidents (their ids bound as the array `incident_pks`) as
+    two JSON texts each, beside its id (`incident_pk`): its document's `alerts` (each alert's url:
+    `alert_url` followed by its id; `alert_url_json` is that prefix as the content of a JSON
+    string) and `alert_ids`, in `linked_alerts`' order (documents.AlertsJson). Built once.
 
     The links are sorted once, narrow, in a subquery, and both aggregates take its rows in that
     order: each aggregate's own ORDER BY sorted its input again, and building the texts before the
-    sort made it sort them (0.65 → 0.53 ms at 360 alerts, docs/performance.md). PostgreSQL
+    sort made it sort them (0.65 → 0.54 ms at 360 alerts, docs/performance.md). PostgreSQL
     aggregates a subquery's rows in the order it returns them; `test_documents.py` holds the order
     with links stored out of it."""
+    wanted = sa.func.unnest(sa.bindparam("incident_pks", type_=postgresql.ARRAY(sa.Uuid()))).table_valued(
+        sa.column("pk", sa.Uuid()), name="wanted").render_derived()
     columns, source = platform_alerts.alert_text_selection(enrich)
     link = (
         sa.select(*columns)
         .select_from(source)
-        .where(incident_alerts.c.incident_id == sa.bindparam("incident_pk", type_=sa.Uuid()))
+        .where(incident_alerts.c.incident_id == wanted.c.pk)
         .order_by(incident_alerts.c.linked_at, incident_alerts.c.alert_id)
+        .correlate(wanted)
         .subquery("link")
     ).c
     alert = platform_alerts.alert_json_text(enrich, sa.bindparam("alert_url", type_=sa.Text),
@@ -475,7 +478,9 @@ def linked_alerts_json(enrich: bool) -> sa.Select:
     # A UUID's text needs no escaping; `||` is null when string_agg is (no alerts), "[]" then.
     ids = constant('["') + sa.func.string_agg(link.alert_id_text, constant('","')) + constant('"]')
     # As text: psycopg2 would otherwise decode json into Python objects.
-    return sa.select(alerts.label("alerts"), sa.func.coalesce(ids, constant("[]")).label("alert_ids"))
+    texts = sa.select(alerts.label("alerts"), sa.func.coalesce(ids, constant("[]")).label("alert_ids")).lateral("texts")
+    return sa.select(wanted.c.pk.label("incident_pk"), texts.c.alerts, texts.c.alert_ids).select_from(
+        wanted).join(texts, sa.true())
 
 
 def alert_url_json(prefix: str) -> str:
