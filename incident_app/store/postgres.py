@@ -156,17 +156,22 @@ class PostgresStore(Store):
         found: dict[tuple[uuid.UUID, str], AlertsJson] = {}
         with self.reading() as conn:
             for alert_url in dict.fromkeys(url for _, url in wanted):
-                parameters = {"incident_pks": list(dict.fromkeys(pk for pk, url in wanted if url == alert_url)),
-                              "alert_url_json": repo.alert_url_json(alert_url)}
-
-                def query(enrich: bool) -> list[Row]:
-                    # The platform's alerts are written by json_build_object, which takes the url as it is.
-                    given = {**parameters, "alert_url": alert_url} if enrich else parameters
-                    return execute_prepared(conn, repo.linked_alerts_json(enrich), given).all()
-
-                for texts in platform_alerts.enriched_if_possible(conn, query):
-                    found[texts.incident_pk, alert_url] = AlertsJson(texts.alerts, texts.alert_ids)
+                pks = list(dict.fromkeys(pk for pk, url in wanted if url == alert_url))
+                for pk, texts in self._alerts_texts(conn, pks, alert_url).items():
+                    found[pk, alert_url] = texts
         return [found[item] for item in wanted]
+
+    @staticmethod
+    def _alerts_texts(conn: Connection, pks: list[uuid.UUID], alert_url: str) -> dict[uuid.UUID, AlertsJson]:
+        parameters = {"incident_pks": pks, "alert_url_json": repo.alert_url_json(alert_url)}
+
+        def query(enrich: bool) -> dict[uuid.UUID, AlertsJson]:
+            # The platform's alerts are written by json_build_object, which takes the url as it is.
+            given = {**parameters, "alert_url": alert_url} if enrich else parameters
+            rows = execute_prepared(conn, repo.linked_alerts_json(enrich), given)
+            return {row.incident_pk: AlertsJson(row.alerts, row.alert_ids) for row in rows}
+
+        return platform_alerts.enriched_if_possible(conn, query)
 
     def analytics(self, filters: analytics_queries.AnalyticsFilters) -> dict[str, Any]:
         with transaction(self.engine) as conn:
