@@ -38,7 +38,7 @@ class PostgresStore(Store):
     # pool's connections per worker (analytics_cache.computations_for_pool).
     ANALYTICS_WORK_MEM = "work_mem = '16MB'"
     # A time window is a range of that index: its parallel plan's workers cost more CPU than they
-    # save once several computations share the cores (32 connections, 30 days: 18.4 against 15.3
+    # save once several computations share the cores (6 clients, 30 days: 18.4 against 15.3
     # computations a second, PostgreSQL alone), for 6 ms more alone (docs/performance.md).
     ANALYTICS_WINDOW_SETTING = "max_parallel_workers_per_gather = 0"
 
