@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -17,6 +18,7 @@ from incident_app import documents, schemas
 from incident_app.repository.pages import ListFilters, list_incidents
 from incident_app.store.sqlite import SqliteStore
 from incident_app.tables import incident_alerts, incidents
+from tests.support.reliability import wait_until
 
 URL = "/api/v1/incidents"
 T0 = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -186,10 +188,6 @@ def test_alert_reads_of_the_moment_share_one_statement_each_caller_its_own_texts
     """PostgreSQL: the grouped answers' alert reads queued behind one in progress share the next
     statement, an incident asked for twice read once, and every caller gets its own incident's
     texts (SQLite reads each alone)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.support.reliability import wait_until
-
     engine: sa.Engine = app.extensions["engine"]
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgresStore's group commit of reads")
