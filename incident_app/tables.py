@@ -345,3 +345,25 @@ for _name, _seconds, _later in (("mtta", MTTA_SECONDS, "acknowledged_at"), ("mtt
         postgresql_where=incidents.c[_later].is_not(None),
         sqlite_where=incidents.c[_later].is_not(None),
     )
+
+# ----------------------------------------------------------------------------- analytics by day (0011)
+
+# A time window's counts and averages without reading each incident of its whole days: per UTC day
+# of `created_at` and (service, severity, status), how many incidents, how many have each duration
+# and its sum in microseconds. Kept exact by the database's triggers (migration 0011), as
+# incident_counts is; the service only reads it (repository/analytics.py).
+incident_days = sa.Table(
+    "incident_days",
+    metadata,
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("service", sa.String(255), primary_key=True),
+    sa.Column("severity", severity_level, primary_key=True),
+    sa.Column("status", incident_status, primary_key=True),
+    sa.Column("shard", sa.SmallInteger(), primary_key=True),  # as incident_counts'
+    sa.Column("count", sa.BigInteger(), nullable=False),
+    sa.Column("mtta_us", sa.BigInteger(), nullable=False),
+    sa.Column("mtta_count", sa.BigInteger(), nullable=False),
+    sa.Column("mttr_us", sa.BigInteger(), nullable=False),
+    sa.Column("mttr_count", sa.BigInteger(), nullable=False),
+    schema=SCHEMA,
+)

@@ -27,6 +27,7 @@ from incident_app.repository.analytics import AnalyticsFilters, incident_analyti
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, metadata
 from incident_app.transactions import transaction
+from tests.test_analytics_days import kept_and_recomputed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIALECTS = ("sqlite", "postgresql")
@@ -191,20 +192,28 @@ def test_postgresql_defaults_fill_status_and_notes(empty_database):
     assert (status, notes) == ("open", [])
 
 
+# The tables kept by triggers on incidents, with the columns whose change SQLite's update trigger watches.
+KEPT_BY_TRIGGERS = {
+    "incident_counts": "service, severity, status",  # 0003
+    "incident_days": "created_at, service, severity, status, acknowledged_at, resolved_at",  # 0011
+}
+
+
+@pytest.mark.parametrize("kept", list(KEPT_BY_TRIGGERS))
 @by_dialect
-def test_incident_counts_are_kept_by_triggers_on_incidents(empty_database):
+def test_derived_tables_are_kept_by_triggers_on_incidents(empty_database, kept):
     engine = upgraded(empty_database)
     try:
         with engine.connect() as conn:
-            triggers = triggers_on_incidents(conn)
+            triggers = {name: d for name, d in triggers_on_incidents(conn).items() if name.startswith(f"{kept}_")}
     finally:
         engine.dispose()
     if engine.dialect.name == "sqlite":
         # Row-level, SQLite has no other kind; an update counts only when a counted column changes.
-        assert sorted(triggers) == [f"incident_counts_after_{e}" for e in ("delete", "insert", "update")]
-        assert "AFTER INSERT ON incidents" in triggers["incident_counts_after_insert"]
-        assert "AFTER UPDATE OF service, severity, status ON incidents" in triggers["incident_counts_after_update"]
-        assert "AFTER DELETE ON incidents" in triggers["incident_counts_after_delete"]
+        assert sorted(triggers) == [f"{kept}_after_{e}" for e in ("delete", "insert", "update")]
+        assert "AFTER INSERT ON incidents" in triggers[f"{kept}_after_insert"]
+        assert f"AFTER UPDATE OF {KEPT_BY_TRIGGERS[kept]} ON incidents" in triggers[f"{kept}_after_update"]
+        assert "AFTER DELETE ON incidents" in triggers[f"{kept}_after_delete"]
         return
     # Statement-level with transition tables: one grouped upsert per statement, however many rows.
     for event, referencing in (
@@ -212,10 +221,10 @@ def test_incident_counts_are_kept_by_triggers_on_incidents(empty_database):
         ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
         ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
     ):
-        definition = triggers.pop(f"incident_counts_after_{event.lower()}")
+        definition = triggers.pop(f"{kept}_after_{event.lower()}")
         assert f"AFTER {event} ON {SCHEMA}.incidents {referencing} FOR EACH STATEMENT" in definition
-    # TRUNCATE fires no DELETE trigger: its own trigger empties the counts.
-    assert list(triggers) == ["incident_counts_after_truncate"]
+    # TRUNCATE fires no DELETE trigger: its own trigger empties the table.
+    assert list(triggers) == [f"{kept}_after_truncate"]
 
 
 # --------------------------------------------------------------------------- no drift from tables.py
@@ -465,7 +474,8 @@ def test_0006_downgrades_to_0005_exactly_and_keeps_the_counts_triggers(empty_dat
         at_0005 = schema_snapshot(engine)
         migrate.upgrade(settings)
         at_head = schema_snapshot(engine)
-        assert at_head["triggers"] == at_0005["triggers"], "adding columns keeps the triggers of 0003 and 0005"
+        kept = {name: at_head["triggers"].get(name) for name in at_0005["triggers"]}
+        assert kept == at_0005["triggers"], "adding columns keeps the triggers of 0003 and 0005"
         assert {"dedup_key", "grouped_count", "last_grouped_at"} <= {c[0] for c in at_head["incidents"]["columns"]}
         command.downgrade(migrate.alembic_config(settings), "0005")
         assert schema_snapshot(engine) == at_0005
@@ -589,5 +599,39 @@ def test_0009_delivers_as_0008_did_with_a_subscription_and_writes_nothing_withou
         assert _deliveries_for_a_new_event(engine, 4) == 0
         migrate.upgrade(settings)  # and up again
         assert _enqueue_function(engine) == at_head
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 0011: analytics by day
+
+
+@by_dialect
+def test_0011_fills_the_days_from_the_incidents_already_there_and_downgrades(empty_database):
+    settings, engine = at_revision(empty_database, "0010")
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    try:
+        with engine.begin() as conn:  # written before 0011, over three days, one at a midnight
+            conn.execute(incidents.insert(), [
+                {"id": uuid.UUID(int=n), "incident_id": f"inc-{n:016x}", "title": "t", "service": f"svc-{n % 2}",
+                 "severity": "low", "status": "acknowledged" if n % 3 else "open", "notes": [],
+                 "created_at": NOW + timedelta(hours=14 * n), "updated_at": NOW,
+                 "acknowledged_at": NOW + timedelta(hours=14 * n, seconds=n + 0.5) if n % 3 else None}
+                for n in range(7)
+            ])
+        assert not sa.inspect(engine).has_table("incident_days", schema=our_schema(engine))
+        migrate.upgrade(settings)
+        kept, recomputed = kept_and_recomputed(engine)
+        assert kept == recomputed and len({day for day, *_ in kept}) == 4
+        with engine.connect() as conn:
+            body = incident_analytics(conn, AnalyticsFilters(since=NOW + timedelta(hours=14)))
+        assert body["total_incidents"] == 6 and body["avg_mtta_seconds"] == pytest.approx(3.5)  # 1.5, 2.5, 4.5, 5.5
+
+        command.downgrade(migrate.alembic_config(settings), "0010")
+        assert not sa.inspect(engine).has_table("incident_days", schema=our_schema(engine))
+        with engine.connect() as conn:
+            assert not [name for name in triggers_on_incidents(conn) if name.startswith("incident_days")]
+        migrate.upgrade(settings)  # and up again
+        assert kept_and_recomputed(engine)[0] == recomputed
     finally:
         engine.dispose()

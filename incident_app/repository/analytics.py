@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from incident_app.lifecycle import SEVERITIES, STATUSES, UNRESOLVED
-from incident_app.tables import MTTA_SECONDS, MTTR_SECONDS, incidents
+from incident_app.tables import MTTA_SECONDS, MTTR_SECONDS, incident_days, incidents
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
+MICROSECONDS = sa.literal(1_000_000.0, sa.Float)  # incident_days keeps whole microseconds
 # Each duration with the timestamp it is NULL without: the condition of its partial index.
 DURATIONS = ((MTTA_SECONDS, incidents.c.acknowledged_at), (MTTR_SECONDS, incidents.c.resolved_at))
 
@@ -52,24 +53,8 @@ class AnalyticsFilters:
 
 
 def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str, Any]:
-    c = incidents.c
     where = filters.clauses()
-
-    # One pass grouped by service, severity and status gives every count and every sum.
-    groups = conn.execute(
-        sa.select(
-            c.service,
-            c.severity,
-            c.status,
-            sa.func.count().label("n"),
-            sa.func.sum(MTTA_SECONDS).label("mtta_sum"),
-            sa.func.count(MTTA_SECONDS).label("mtta_n"),
-            sa.func.sum(MTTR_SECONDS).label("mttr_sum"),
-            sa.func.count(MTTR_SECONDS).label("mttr_n"),
-        )
-        .where(*where)
-        .group_by(c.service, c.severity, c.status)
-    ).all()
+    groups = _groups(conn, filters)
 
     by_severity = dict.fromkeys(SEVERITIES, 0)
     by_status = dict.fromkeys(STATUSES, 0)
@@ -112,6 +97,62 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
             for severity, acc in sums.items()
         },
     }
+
+
+def _groups(conn: Connection, filters: AnalyticsFilters) -> list[Row]:
+    """Every count and every sum, a row per (service, severity, status): the window's whole UTC days
+    from incident_days (kept by migration 0011's triggers), its partial first and last days from
+    the incidents themselves, in one statement."""
+    c, d = incidents.c, incident_days.c
+    first, end = _whole_days(filters)
+    keys = [*([d.service == filters.service] if filters.service is not None else []),
+            *([d.severity == filters.severity] if filters.severity is not None else [])]
+    parts: list[sa.Select] = []
+    if first is None or end is None or first < end:
+        days = [*keys, *([d.day >= first] if first is not None else []), *([d.day < end] if end is not None else [])]
+        parts.append(sa.select(
+            d.service, d.severity, d.status, d.count.label("n"),
+            (d.mtta_us / MICROSECONDS).label("mtta_sum"), d.mtta_count.label("mtta_n"),
+            (d.mttr_us / MICROSECONDS).label("mttr_sum"), d.mttr_count.label("mttr_n"),
+        ).where(*days))
+        ranges = [(filters.since, _midnight(first)), (_midnight(end), filters.until)]
+    else:  # no whole day: the window is one range of incidents
+        ranges = [(filters.since, filters.until)]
+    for since, until in ranges:
+        if since is None or until is None or since >= until:
+            continue  # no partial day on that side
+        window = AnalyticsFilters(filters.service, filters.severity, since, until)
+        parts.append(sa.select(
+            c.service, c.severity, c.status, sa.literal(1, sa.BigInteger).label("n"),
+            MTTA_SECONDS.label("mtta_sum"), sa.cast(c.acknowledged_at.is_not(None), sa.Integer).label("mtta_n"),
+            MTTR_SECONDS.label("mttr_sum"), sa.cast(c.resolved_at.is_not(None), sa.Integer).label("mttr_n"),
+        ).where(*window.clauses()))
+    if not parts:
+        return []  # an empty window
+    rows = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    return list(conn.execute(
+        sa.select(
+            rows.c.service, rows.c.severity, rows.c.status,
+            *(sa.cast(sa.func.sum(rows.c[name]), sa.BigInteger).label(name) for name in ("n", "mtta_n", "mttr_n")),
+            *(sa.func.sum(rows.c[name]).label(name) for name in ("mtta_sum", "mttr_sum")),
+        ).group_by(rows.c.service, rows.c.severity, rows.c.status)
+        .having(sa.func.sum(rows.c.n) != 0)  # a key whose incidents all moved away keeps rows of 0 until a fold
+    ))
+
+
+def _whole_days(filters: AnalyticsFilters) -> tuple[date | None, date | None]:
+    """The first UTC day the window holds whole and the day after its last (None: no bound)."""
+    first = end = None
+    if filters.since is not None:
+        since = filters.since.astimezone(UTC)
+        first = since.date() if since == _midnight(since.date()) else since.date() + timedelta(days=1)
+    if filters.until is not None:
+        end = filters.until.astimezone(UTC).date()
+    return first, end
+
+
+def _midnight(day: date | None) -> datetime | None:
+    return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _percentiles(conn: Connection, where: list, counts: list[int]) -> list[dict[str, float | None]]:

@@ -1,4 +1,4 @@
-"""Upkeep of incident_counts, the triggers' exact totals (migration 0003)."""
+"""Upkeep of incident_counts and incident_days, the triggers' exact totals (migrations 0003, 0011)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,40 @@ log = logging.getLogger(__name__)
 # The fold waits this long at most for a row a writer holds, then gives up until its next turn.
 FOLD_LOCK_TIMEOUT_MS = 100
 
-_FOLD = sa.text(f"""
+
+def _fold(table: str, key: tuple[str, ...], sums: tuple[str, ...]) -> sa.TextClause:
+    """Move every shard of `table` into its key's shard 0, and drop the keys no incident has any
+    more (all resolved, say): absent counts 0. `sums` are what a key adds up."""
+    key_list, sum_list = ", ".join(key), ", ".join(sums)
+    added = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in sums)
+    return sa.text(f"""
     WITH moved AS (
-        DELETE FROM {SCHEMA}.incident_counts WHERE shard <> 0
-        RETURNING service, severity, status, count
+        DELETE FROM {SCHEMA}.{table} WHERE shard <> 0
+        RETURNING {key_list}, {sum_list}
     )
-    INSERT INTO {SCHEMA}.incident_counts (service, severity, status, shard, count)
-    SELECT service, severity, status, 0, sum(count) FROM moved
-    GROUP BY 1, 2, 3
-    HAVING sum(count) <> 0
-    ORDER BY 1, 2, 3
-    ON CONFLICT (service, severity, status, shard) DO UPDATE SET count = incident_counts.count + EXCLUDED.count
+    INSERT INTO {SCHEMA}.{table} ({key_list}, shard, {sum_list})
+    SELECT {key_list}, 0, {", ".join(f"sum({name})" for name in sums)} FROM moved
+    GROUP BY {key_list}
+    HAVING ({", ".join(f"sum({name})" for name in sums)}) <> ({", ".join("0" for _ in sums)})
+    ORDER BY {key_list}
+    ON CONFLICT ({key_list}, shard) DO UPDATE SET {added}
 """)
-# A key no incident has any more (all resolved, say) needs no row: absent counts 0.
-_DROP_ZEROS = sa.text(f"DELETE FROM {SCHEMA}.incident_counts WHERE count = 0")
+
+
+# The tables the triggers keep in shards: incident_counts (0003) and incident_days (0011).
+_FOLDS = [
+    _fold("incident_counts", ("service", "severity", "status"), ("count",)),
+    _fold("incident_days", ("day", "service", "severity", "status"),
+          ("count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")),
+]
+# A key's count is zero only when no incident has it, and then its sums are zero as well.
+_DROP_ZEROS = [sa.text(f"DELETE FROM {SCHEMA}.{table} WHERE count = 0")
+               for table in ("incident_counts", "incident_days")]
 
 
 def fold_shards(engine: Engine) -> bool:
-    """Fold every key's shards back into its shard 0; False when a writer held a row too long.
+    """Fold every key's shards back into its shard 0, in incident_counts and incident_days; False
+    when a writer held a row too long.
 
     Writers spread a key over up to 8 rows so that concurrent ones rarely wait on each other; once
     they are done, a list's total would still sum all of them. Folded, it sums one row per
@@ -47,8 +63,8 @@ def fold_shards(engine: Engine) -> bool:
     try:
         with transaction(engine, write=True) as conn:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {FOLD_LOCK_TIMEOUT_MS}")
-            conn.execute(_FOLD)
-            conn.execute(_DROP_ZEROS)
+            for statement in (*_FOLDS, *_DROP_ZEROS):
+                conn.execute(statement)
     except sa.exc.OperationalError as exc:
         if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
             raise
