@@ -451,13 +451,14 @@ def test_analytics_are_a_few_aggregate_queries(client, app):
                                                  ({"since": WINDOW_START.isoformat()}, False),
                                                  ({"until": WINDOW_END.isoformat()}, False)])
 def test_analytics_statements_run_under_their_settings(client, app, query, parallel):
-    """PostgreSQL: index paths only and room for the percentiles' sort in every analytics
-    transaction, and no parallel workers for a time window; nothing of it outlives the transaction."""
+    """PostgreSQL: index paths only, room for the percentiles' sort and no JIT compilation in every
+    analytics transaction, and no parallel workers for a time window; nothing of it outlives the
+    transaction."""
     engine: sa.Engine = app.extensions["engine"]
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's planner settings")
     insert(app, [Seed("api", "high", hours(i), mtta=10.0 * (i + 1), mttr=100.0 * (i + 1)) for i in range(10)])
-    names = ("enable_seqscan", "work_mem", "max_parallel_workers_per_gather")
+    names = ("enable_seqscan", "work_mem", "jit", "max_parallel_workers_per_gather")
     seen: list[tuple[str, ...]] = []
 
     def read_settings(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -473,5 +474,6 @@ def test_analytics_statements_run_under_their_settings(client, app, query, paral
     with engine.connect() as conn:
         default_parallel = conn.exec_driver_sql("SHOW max_parallel_workers_per_gather").scalar_one()
         after = tuple(conn.exec_driver_sql(f"SHOW {name}").scalar_one() for name in names)
-    assert seen == [("off", "16MB", default_parallel if parallel else "0")]
-    assert after[0] == "on" and after[1] != "16MB"
+        default_jit = conn.exec_driver_sql("SELECT reset_val FROM pg_settings WHERE name = 'jit'").scalar_one()
+    assert seen == [("off", "16MB", "off", default_parallel if parallel else "0")]
+    assert after[0] == "on" and after[1] != "16MB" and after[2] == default_jit

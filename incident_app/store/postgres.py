@@ -41,12 +41,16 @@ class PostgresStore(Store):
     # save once several computations share the cores (6 clients, 30 days: 18.4 against 15.3
     # computations a second, PostgreSQL alone), for 6 ms more alone (docs/performance.md).
     ANALYTICS_WINDOW_SETTING = "max_parallel_workers_per_gather = 0"
+    # enable_seqscan = off makes a plan that must scan a table (incident_days with no filter) look
+    # costly enough for JIT compilation: ~100 ms of compiling for a statement that runs in ~10.
+    ANALYTICS_JIT = "jit = off"
 
     @classmethod
     def analytics_settings(cls, filters: analytics_queries.AnalyticsFilters) -> list[str]:
         """What an analytics transaction sets for its statements (SET LOCAL)."""
         windowed = filters.since is not None or filters.until is not None
-        return [cls.ANALYTICS_SETTING, cls.ANALYTICS_WORK_MEM, *([cls.ANALYTICS_WINDOW_SETTING] if windowed else [])]
+        return [cls.ANALYTICS_SETTING, cls.ANALYTICS_WORK_MEM, cls.ANALYTICS_JIT,
+                *([cls.ANALYTICS_WINDOW_SETTING] if windowed else [])]
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
