@@ -349,8 +349,8 @@ for _name, _seconds, _later in (("mtta", MTTA_SECONDS, "acknowledged_at"), ("mtt
 # ----------------------------------------------------------------------------- analytics by day (0011)
 
 # A time window's counts and averages without reading each incident of its whole days: per UTC day
-# of `created_at` and (service, severity, status), how many incidents, how many have each duration
-# and its sum in microseconds. Kept exact by the database's triggers (migration 0011), as
+# of `created_at`, service and severity, how many incidents are in each status, how many have each
+# duration and its sum in microseconds. Kept exact by the database's triggers (migration 0011), as
 # incident_counts is; the service only reads it (repository/analytics.py).
 incident_days = sa.Table(
     "incident_days",
@@ -358,9 +358,9 @@ incident_days = sa.Table(
     sa.Column("day", sa.Date(), primary_key=True),
     sa.Column("service", sa.String(255), primary_key=True),
     sa.Column("severity", severity_level, primary_key=True),
-    sa.Column("status", incident_status, primary_key=True),
     sa.Column("shard", sa.SmallInteger(), primary_key=True),  # as incident_counts'
-    sa.Column("count", sa.BigInteger(), nullable=False),
+    # The statuses are columns, so that an acknowledge or a resolve changes one row, not two.
+    *(sa.Column(f"{status}_count", sa.BigInteger(), nullable=False) for status in STATUSES),
     sa.Column("mtta_us", sa.BigInteger(), nullable=False),
     sa.Column("mtta_count", sa.BigInteger(), nullable=False),
     sa.Column("mttr_us", sa.BigInteger(), nullable=False),

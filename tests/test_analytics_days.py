@@ -21,7 +21,7 @@ DAY0 = datetime(2026, 11, 20, tzinfo=UTC)  # a midnight, UTC
 SERVICES = ("payment-api", "checkout", "search")
 SEVERITIES = ("critical", "high", "medium", "low")
 MICROSECOND = timedelta(microseconds=1)
-SUMS = ("count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")
+SUMS = ("open_count", "acknowledged_count", "resolved_count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")
 
 
 def at(days: float, microseconds: int = 0) -> datetime:
@@ -86,20 +86,20 @@ def kept_and_recomputed(engine: sa.Engine) -> tuple[dict, dict]:
     d, c = incident_days.c, incidents.c
     with engine.connect() as conn:
         kept = {
-            (row.day, row.service, row.severity, row.status): tuple(row[4:])
+            (row.day, row.service, row.severity): tuple(row[3:])
             for row in conn.execute(
-                sa.select(d.day, d.service, d.severity, d.status, *(sa.func.sum(d[name]) for name in SUMS))
-                .group_by(d.day, d.service, d.severity, d.status)
+                sa.select(d.day, d.service, d.severity, *(sa.func.sum(d[name]) for name in SUMS))
+                .group_by(d.day, d.service, d.severity)
             )
-            if any(row[4:])
+            if any(row[3:])
         }
         rows = conn.execute(sa.select(c.service, c.severity, c.status, c.created_at, c.acknowledged_at,
                                       c.resolved_at)).all()
     recomputed: dict = {}
     for row in rows:
-        key = (row.created_at.date(), row.service, row.severity, row.status)
+        key = (row.created_at.date(), row.service, row.severity)
         sums = Counter(dict(zip(SUMS, recomputed.get(key, (0,) * len(SUMS)), strict=True)))
-        sums["count"] += 1
+        sums[f"{row.status}_count"] += 1
         for name, later in (("mtta", row.acknowledged_at), ("mttr", row.resolved_at)):
             if later is not None:
                 sums[f"{name}_us"] += (later - row.created_at) // MICROSECOND
@@ -185,7 +185,7 @@ def test_whole_days_are_read_from_the_day_rows(client, app):
     insert(app, [Seed("api", "high", at(2.5), mtta=60.0)])
     d = incident_days.c
     with engine.begin() as conn:
-        conn.execute(incident_days.update().where(d.day == at(2).date()).values(count=d.count + 1000))
+        conn.execute(incident_days.update().where(d.day == at(2).date()).values(acknowledged_count=d.acknowledged_count + 1000))
     assert analytics(client, since=at(2).isoformat())["total_incidents"] == 1001
     assert analytics(client, since=at(2, 1).isoformat())["total_incidents"] == 1
     assert analytics(client, until=at(3, -1).isoformat())["total_incidents"] == 1

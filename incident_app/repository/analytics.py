@@ -68,11 +68,14 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
     by_service: dict[str, int] = {}
     sums = {s: {"unresolved": 0, "mtta_sum": 0.0, "mtta_n": 0, "mttr_sum": 0.0, "mttr_n": 0} for s in SEVERITIES}
     for row in groups:
-        by_severity[row.severity] += row.n
-        by_status[row.status] += row.n
-        by_service[row.service] = by_service.get(row.service, 0) + row.n
+        counted = {status: getattr(row, status) for status in STATUSES}
+        n = sum(counted.values())
+        by_severity[row.severity] += n
+        for status, count in counted.items():
+            by_status[status] += count
+        by_service[row.service] = by_service.get(row.service, 0) + n
         acc = sums[row.severity]
-        acc["unresolved"] += row.n if row.status in UNRESOLVED else 0
+        acc["unresolved"] += sum(counted[status] for status in UNRESOLVED)
         for key in ("mtta_n", "mttr_n", "mtta_sum", "mttr_sum"):
             acc[key] += getattr(row, key) or 0
 
@@ -107,9 +110,9 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
 
 
 def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
-    """Every count and every sum, a row per (service, severity, status): the window's whole UTC days
-    from incident_days (kept by migration 0011's triggers), its partial first and last days from
-    the incidents themselves, in one statement."""
+    """Every count and every sum, a row per (service, severity) with a count per status: the
+    window's whole UTC days from incident_days (kept by migration 0011's triggers), its partial
+    first and last days from the incidents themselves, in one statement."""
     c, d = incidents.c, incident_days.c
     first, end = _whole_days(filters)
     keys = [*([d.service == filters.service] if filters.service is not None else []),
@@ -118,7 +121,7 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
     if first is None or end is None or first < end:
         days = [*keys, *([d.day >= first] if first is not None else []), *([d.day < end] if end is not None else [])]
         parts.append(sa.select(
-            d.service, d.severity, d.status, d.count.label("n"),
+            d.service, d.severity, *(d[f"{status}_count"].label(status) for status in STATUSES),
             (d.mtta_us / MICROSECONDS).label("mtta_sum"), d.mtta_count.label("mtta_n"),
             (d.mttr_us / MICROSECONDS).label("mttr_sum"), d.mttr_count.label("mttr_n"),
         ).where(*days))
@@ -130,21 +133,27 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
             continue  # no partial day on that side
         window = AnalyticsFilters(filters.service, filters.severity, since, until)
         parts.append(sa.select(
-            c.service, c.severity, c.status, sa.literal(1, sa.BigInteger).label("n"),
-            MTTA_SECONDS.label("mtta_sum"), sa.cast(c.acknowledged_at.is_not(None), sa.Integer).label("mtta_n"),
-            MTTR_SECONDS.label("mttr_sum"), sa.cast(c.resolved_at.is_not(None), sa.Integer).label("mttr_n"),
+            c.service, c.severity, *(_one_if(c.status == status).label(status) for status in STATUSES),
+            MTTA_SECONDS.label("mtta_sum"), _one_if(c.acknowledged_at.is_not(None)).label("mtta_n"),
+            MTTR_SECONDS.label("mttr_sum"), _one_if(c.resolved_at.is_not(None)).label("mttr_n"),
         ).where(*window.clauses()))
     if not parts:
         return []  # an empty window
     rows = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    counted = (*STATUSES, "mtta_n", "mttr_n")
     return conn.execute(
         sa.select(
-            rows.c.service, rows.c.severity, rows.c.status,
-            *(sa.cast(sa.func.sum(rows.c[name]), sa.BigInteger).label(name) for name in ("n", "mtta_n", "mttr_n")),
+            rows.c.service, rows.c.severity,
+            *(sa.cast(sa.func.sum(rows.c[name]), sa.BigInteger).label(name) for name in counted),
             *(sa.func.sum(rows.c[name]).label(name) for name in ("mtta_sum", "mttr_sum")),
-        ).group_by(rows.c.service, rows.c.severity, rows.c.status)
-        .having(sa.func.sum(rows.c.n) != 0)  # a key whose incidents all moved away keeps rows of 0 until a fold
+        ).group_by(rows.c.service, rows.c.severity)
+        # a key whose incidents all moved away keeps rows of zeros until a fold
+        .having(sum(sa.func.sum(rows.c[status]) for status in STATUSES) != 0)
     ).all()
+
+
+def _one_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    return sa.case((condition, 1), else_=0)
 
 
 def _whole_days(filters: AnalyticsFilters) -> tuple[date | None, date | None]:

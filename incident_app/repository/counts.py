@@ -38,12 +38,14 @@ def _fold(table: str, key: tuple[str, ...], sums: tuple[str, ...]) -> sa.TextCla
 # The tables the triggers keep in shards: incident_counts (0003) and incident_days (0011).
 _FOLDS = [
     _fold("incident_counts", ("service", "severity", "status"), ("count",)),
-    _fold("incident_days", ("day", "service", "severity", "status"),
-          ("count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")),
+    _fold("incident_days", ("day", "service", "severity"),
+          ("open_count", "acknowledged_count", "resolved_count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")),
 ]
 # A key's count is zero only when no incident has it, and then its sums are zero as well.
-_DROP_ZEROS = [sa.text(f"DELETE FROM {SCHEMA}.{table} WHERE count = 0")
-               for table in ("incident_counts", "incident_days")]
+_DROP_ZEROS = [
+    sa.text(f"DELETE FROM {SCHEMA}.incident_counts WHERE count = 0"),
+    sa.text(f"DELETE FROM {SCHEMA}.incident_days WHERE open_count + acknowledged_count + resolved_count = 0"),
+]
 
 
 def fold_shards(engine: Engine) -> bool:

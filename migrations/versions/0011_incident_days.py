@@ -1,7 +1,8 @@
 """Analytics counts and sums per day, kept exact by the database's own triggers, as 0003 keeps the
-list totals: incidents per UTC day of `created_at` and (service, severity, status), with how many
-have each duration and its sum in microseconds (integers, so that what a change adds and later
-takes away cancels exactly).
+list totals: per UTC day of `created_at`, service and severity, how many incidents are in each
+status, and how many have each duration with its sum in microseconds (integers, so that what a
+change adds and later takes away cancels exactly). The statuses are columns, not part of the key,
+so that an acknowledge or a resolve changes one row, not two.
 
 A time window's counts and averages then add up a row per key and day for the days it holds whole,
 and read only its partial first and last days from the incidents (repository/analytics.py):
@@ -28,8 +29,8 @@ SCHEMA = "incidents"
 SEVERITIES = ("critical", "high", "medium", "low")
 STATUSES = ("open", "acknowledged", "resolved")
 DURATIONS = {"mtta": "acknowledged_at", "mttr": "resolved_at"}  # the later timestamp of each
-SUMS = ("count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")
-KEY = ("day", "service", "severity", "status", "shard")
+SUMS = (*(f"{status}_count" for status in STATUSES), "mtta_us", "mtta_count", "mttr_us", "mttr_count")
+KEY = ("day", "service", "severity", "shard")
 
 FUNCTION = f"{SCHEMA}.apply_incident_day_deltas"
 TRIGGERS = {
@@ -64,11 +65,13 @@ def _microseconds(later: str, earlier: str, postgres: bool) -> str:
 
 def _contributions(row: str, sign: int, postgres: bool) -> list[str]:
     """What one incident (`row`.column) adds to its day's row: the SUMS, times `sign`."""
-    sums = [f"{sign}"]
+    def one_if(condition: str) -> str:
+        return f"{sign} * ({condition})::int" if postgres else f"{sign} * ({condition})"
+
+    sums = [one_if(f"{row}status = '{status}'") for status in STATUSES]
     for later in DURATIONS.values():
         sums.append(f"{sign} * coalesce({_microseconds(f'{row}{later}', f'{row}created_at', postgres)}, 0)")
-        present = f"({row}{later} IS NOT NULL)"
-        sums.append(f"{sign} * {present}::int" if postgres else f"{sign} * {present}")
+        sums.append(one_if(f"{row}{later} IS NOT NULL"))
     return sums
 
 
@@ -84,7 +87,7 @@ _SHARD = f"get_byte(uuid_send(id), 15) % {SHARDS}"
 
 
 def _deltas(table: str, sign: int) -> str:
-    return (f"SELECT {_day('', True)} AS day, service, severity, status, {_SHARD} AS shard,"
+    return (f"SELECT {_day('', True)} AS day, service, severity, {_SHARD} AS shard,"
             f" {_named(_contributions('', sign, True))} FROM {table}")
 
 
@@ -130,7 +133,7 @@ _POSTGRESQL_TRIGGERS = {
 
 def _sqlite_upsert(row: str, sign: int) -> str:
     prefix = f"{row}."
-    values = [_day(prefix, False), f"{prefix}service", f"{prefix}severity", f"{prefix}status", "0",
+    values = [_day(prefix, False), f"{prefix}service", f"{prefix}severity", "0",
               *_contributions(prefix, sign, False)]
     return (
         f"INSERT INTO incident_days ({', '.join(KEY)}, {', '.join(SUMS)}) VALUES ({', '.join(values)})"
@@ -162,7 +165,6 @@ def upgrade() -> None:
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("service", sa.String(255), nullable=False),
         sa.Column("severity", _enum(SEVERITIES, "severity_level"), nullable=False),
-        sa.Column("status", _enum(STATUSES, "incident_status"), nullable=False),
         sa.Column("shard", sa.SmallInteger(), nullable=False),
         *(sa.Column(name, sa.BigInteger(), nullable=False) for name in SUMS),
         sa.PrimaryKeyConstraint(*KEY, name="pk_incident_days"),
@@ -182,9 +184,9 @@ def upgrade() -> None:
             op.execute(f"CREATE TRIGGER {TRIGGERS[event]} {body}")
         op.execute(
             f"INSERT INTO incident_days ({', '.join(KEY)}, {', '.join(SUMS)})"
-            f" SELECT day, service, severity, status, 0, {', '.join(f'sum({name})' for name in SUMS)}"
-            f" FROM (SELECT {_day('', False)} AS day, service, severity, status, {_named(_contributions('', 1, False))}"
-            " FROM incidents) GROUP BY 1, 2, 3, 4"
+            f" SELECT day, service, severity, 0, {', '.join(f'sum({name})' for name in SUMS)}"
+            f" FROM (SELECT {_day('', False)} AS day, service, severity, {_named(_contributions('', 1, False))}"
+            " FROM incidents) GROUP BY 1, 2, 3"
         )
 
 
