@@ -58,7 +58,7 @@ def test_cold_analytics_burst_leaves_creates_answering(seeded_database, tmp_path
                 running = conn.execute(sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND state = 'active'"
                     " AND backend_type = 'client backend'"
-                    " AND query ~ 'FROM incidents\\.incidents\\M' AND query ~ '(percentile_cont|GROUP BY)'"
+                    " AND query ~ 'FROM incidents\\.incidents\\M' AND query ~ '(percentile_disc|GROUP BY)'"
                 ), {"db": database}).scalar_one()
                 watching.set()
                 peak[0] = max(peak[0], running)
