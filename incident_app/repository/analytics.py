@@ -3,13 +3,14 @@
 At a million rows the costs were the grouped pass and the percentiles' sort; what takes them away
 (docs/performance.md, "Analytics when every request is new"):
 
-- every count and sum comes from incident_days (migration 0011: per UTC day and service, severity
-  and status, kept exact by the database's triggers) for the days the window holds whole, and from
-  the incidents for its partial first and last days, a range of the window index (migration 0008)
-  with both durations already computed in it; at a million rows a 30-day window adds ~7,000 day
-  rows instead of grouping ~245,000 incidents;
-- with a filter, PostgreSQL's percentile_cont sorts the matching durations (read from the window
-  index) in one scan for both;
+- every count and sum comes from incident_days (migration 0011: per UTC day, service and severity,
+  a count per status, kept exact by the database's triggers) for the days the window holds whole,
+  and from the incidents for its partial first and last days, a range of the window index
+  (migration 0008) with both durations already computed in it; at a million rows a 30-day window
+  adds ~6,000 day rows instead of grouping ~245,000 incidents;
+- with a filter, PostgreSQL sorts the matching durations (read from the window index) as whole
+  microseconds in one scan for both, and the values at each percentile's ranks are interpolated as
+  percentile_cont does;
 - with no filter, nothing needs sorting: each duration has an index in its own order, and an exact
   percentile_cont is the value at rank ⌊p·(n−1)⌋ and the next, interpolated, read by walking that
   index from its nearer end. SQLite, which lacks percentile_cont, always reads ranks this way.
@@ -45,13 +46,18 @@ class AnalyticsFilters:
     since: datetime | None = None
     until: datetime | None = None
 
-    def clauses(self) -> list[sa.ColumnElement[bool]]:
-        c = incidents.c
+    def key_clauses(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
+        """The service and severity filters, on `table` (incidents, or their day rows)."""
         clauses = []
         if self.service is not None:
-            clauses.append(c.service == self.service)
+            clauses.append(table.c.service == self.service)
         if self.severity is not None:
-            clauses.append(c.severity == self.severity)
+            clauses.append(table.c.severity == self.severity)
+        return clauses
+
+    def clauses(self) -> list[sa.ColumnElement[bool]]:
+        c = incidents.c
+        clauses = self.key_clauses(incidents)
         if self.since is not None:
             clauses.append(c.created_at >= self.since)
         if self.until is not None:
@@ -115,11 +121,10 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
     first and last days from the incidents themselves, in one statement."""
     c, d = incidents.c, incident_days.c
     first, end = _whole_days(filters)
-    keys = [*([d.service == filters.service] if filters.service is not None else []),
-            *([d.severity == filters.severity] if filters.severity is not None else [])]
     parts: list[sa.Select] = []
     if first is None or end is None or first < end:
-        days = [*keys, *([d.day >= first] if first is not None else []), *([d.day < end] if end is not None else [])]
+        days = [*filters.key_clauses(incident_days), *([d.day >= first] if first is not None else []),
+                *([d.day < end] if end is not None else [])]
         parts.append(sa.select(
             d.service, d.severity, *(d[f"{status}_count"].label(status) for status in STATUSES),
             (d.mtta_us / MICROSECONDS).label("mtta_sum"), d.mtta_count.label("mtta_n"),
@@ -192,19 +197,20 @@ def _sorted_percentiles(conn: Connection, where: list, counts: list[int]) -> lis
     PostgreSQL 15) takes ~15 ms less than sorting the seconds as floats at 245,000 values.
     percentile_disc reads the values at the ranks around each percentile, (r − ½)/n landing on rank
     r; each is turned back into the float date_part gives, and interpolated as percentile_cont does."""
-    ranks = [sorted({rank for _, low, high in _positions(n) for rank in (low, high)}) if n else [] for n in counts]
+    positions = [_positions(n) if n else [] for n in counts]
+    ranks = [sorted({rank for _, low, high in around for rank in (low, high)}) for around in positions]
     fractions = [[(rank + 0.5) / n for rank in wanted] for wanted, n in zip(ranks, counts, strict=True)]
     found = conn.execute(sa.select(*(
         sa.func.percentile_disc(sa.literal(f or [0.5], sa.ARRAY(sa.Float))).within_group(microseconds)
         for f, microseconds in zip(fractions, DURATION_MICROSECONDS, strict=True)
     )).where(*where)).one()
     percentiles: list[list[float | None]] = []
-    for wanted, values, n in zip(ranks, found, counts, strict=True):
-        if not n or values is None:
+    for around, wanted, values in zip(positions, ranks, found, strict=True):
+        if not around or values is None:
             percentiles.append([None] * len(PERCENTILES))
             continue
         at = {rank: _date_part_seconds(value) for rank, value in zip(wanted, values, strict=True)}
-        percentiles.append([at[low] + (position - low) * (at[high] - at[low]) for position, low, high in _positions(n)])
+        percentiles.append([at[low] + (position - low) * (at[high] - at[low]) for position, low, high in around])
     return percentiles
 
 
@@ -227,12 +233,10 @@ def _ranked_percentiles(conn: Connection, where: list, counts: list[int]) -> lis
     in the duration's order from the nearer end (OFFSET skips at most half the values)."""
     columns: list[sa.ScalarSelect | None] = []
     for (value, later), n in zip(DURATIONS, counts, strict=True):
-        for _, p in PERCENTILES:
-            if not n:
-                columns.append(None)
-                continue
-            position = p * (n - 1)
-            low, high = math.floor(position), math.ceil(position)
+        if not n:
+            columns.extend([None] * len(PERCENTILES))
+            continue
+        for position, low, high in _positions(n):
             from_top = low > n - 1 - high
             pair = (
                 sa.select(value.label("x"))
