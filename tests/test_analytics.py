@@ -6,6 +6,7 @@ One file past 300 lines: the known data set and its hand-worked figures are shar
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from incident_app.repository.analytics import DURATIONS, _sorted_percentiles
 from incident_app.tables import incidents
 
 URL = "/api/v1/incidents/analytics"
@@ -486,10 +488,6 @@ def test_sorted_microseconds_give_percentile_cont_to_the_last_bit(app):
     engine: sa.Engine = app.extensions["engine"]
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's percentile_cont")
-    import random
-
-    from incident_app.repository.analytics import DURATIONS, _sorted_percentiles
-
     rng = random.Random(3)
     for n in (1, 2, 3, 7, 100, 1001):
         with engine.begin() as conn:
