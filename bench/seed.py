@@ -119,7 +119,7 @@ def migrate_and_seed(url: str, rows: int, *, batch: int = 250_000) -> None:
     counts.fold_shards(engine)
     # Fresh statistics and visibility map: the planner and index-only scans see settled tables.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in ("incidents", "incident_alerts", "incident_counts", "incident_days"):
+        for table in ("incidents", "incident_alerts", "incident_counts", "incident_days", "incident_duration_buckets"):
             conn.exec_driver_sql(f"VACUUM ANALYZE incidents.{table}")
     engine.dispose()
 

@@ -367,3 +367,45 @@ incident_days = sa.Table(
     sa.Column("mttr_count", sa.BigInteger(), nullable=False),
     schema=SCHEMA,
 )
+
+# ------------------------------------------------------------------ windowed percentiles (0012)
+
+# PostgreSQL only (POSTGRESQL_ONLY): a window's percentiles without sorting its durations. Each
+# duration falls in one of migration 0012's fixed buckets (duration_bucket: 16 per doubling from a
+# millisecond); per UTC day of `created_at` the database's triggers keep how many durations of each
+# kind every bucket holds, and an index per duration orders the incidents by bucket, then created_at.
+# repository/analytics.py finds each rank's bucket from the counts and sorts only that bucket's
+# durations in the window. SQLite ranks from the durations' own indexes (0008) instead.
+POSTGRESQL_ONLY = "postgresql_only"
+
+
+def made_on(item: sa.Table | sa.Index, dialect: str) -> bool:
+    """Whether the migrations make this table or index on `dialect`."""
+    return dialect == "postgresql" or not item.info.get(POSTGRESQL_ONLY)
+
+
+def duration_bucket(seconds: sa.ColumnElement[float]) -> sa.ColumnElement[int]:
+    return sa.func.incidents.duration_bucket(seconds, type_=sa.Integer())
+
+
+incident_duration_buckets = sa.Table(
+    "incident_duration_buckets",
+    metadata,
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("bucket", sa.Integer(), primary_key=True),
+    sa.Column("shard", sa.SmallInteger(), primary_key=True),  # as incident_counts'
+    sa.Column("mtta_count", sa.BigInteger(), nullable=False),
+    sa.Column("mttr_count", sa.BigInteger(), nullable=False),
+    schema=SCHEMA,
+    info={POSTGRESQL_ONLY: True},
+)
+# Each duration's bucket (MTTA's, MTTR's), as the bucket indexes hold it.
+DURATION_BUCKETS = (duration_bucket(MTTA_SECONDS), duration_bucket(MTTR_SECONDS))
+for _name, _bucket, _later in zip(("mtta", "mttr"), DURATION_BUCKETS, ("acknowledged_at", "resolved_at"), strict=True):
+    sa.Index(
+        f"ix_incidents_{_name}_bucket",
+        _bucket, incidents.c.created_at,
+        postgresql_include=[_later],
+        postgresql_where=incidents.c[_later].is_not(None),
+        info={POSTGRESQL_ONLY: True},
+    )

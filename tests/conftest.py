@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from incident_app import create_app, migrate
 from incident_app.settings import Settings, normalize_database_url
-from incident_app.tables import incident_counts, incident_days, metadata
+from incident_app.tables import incident_counts, incident_days, incident_duration_buckets, made_on, metadata
 from tests.support.gunicorn import GunicornService
 from tests.support.incidents import URL, VALID
 from tests.support.peers import FakePeer
@@ -121,9 +121,10 @@ def empty_tables(url: str) -> None:
         engine = _cleaners[url] = sa.create_engine(url).execution_options(
             schema_translate_map={"incidents": None} if url.startswith("sqlite") else {}
         )
-    # Deleting incidents fires the triggers that keep incident_counts and incident_days: empty those after.
-    kept_by_triggers = [incident_counts, incident_days]
-    tables = [table for table in reversed(metadata.sorted_tables) if table not in kept_by_triggers]
+    # Deleting incidents fires the triggers that keep the derived tables: empty those after.
+    dialect = engine.dialect.name
+    kept_by_triggers = [t for t in (incident_counts, incident_days, incident_duration_buckets) if made_on(t, dialect)]
+    tables = [t for t in reversed(metadata.sorted_tables) if t not in kept_by_triggers and made_on(t, dialect)]
     with engine.begin() as conn:
         for table in [*tables, *kept_by_triggers]:
             conn.execute(table.delete())

@@ -1,7 +1,8 @@
 """Analytics over many days: the whole days of a window come from incident_days (migration 0011's
-triggers), its partial first and last days from the incidents. Every window, filter and change
-below must give what the incidents themselves give, and incident_days must always equal its
-recomputation from them, on both dialects."""
+triggers), its partial first and last days from the incidents; on PostgreSQL a window's percentiles
+are found from incident_duration_buckets (0012). Every window, filter and change below must give
+what the incidents themselves give, and both tables must always equal their recomputation from
+them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from incident_app.repository import counts
-from incident_app.tables import incident_days, incidents
+from incident_app.tables import DURATION_BUCKETS, incident_days, incident_duration_buckets, incidents
 from tests.test_analytics import Seed, analytics, assert_matches, expected_analytics, insert
 
 DAY0 = datetime(2026, 11, 20, tzinfo=UTC)  # a midnight, UTC
@@ -108,6 +109,31 @@ def kept_and_recomputed(engine: sa.Engine) -> tuple[dict, dict]:
     return kept, recomputed
 
 
+def buckets_kept_and_recomputed(engine: sa.Engine) -> tuple[dict, dict]:
+    """incident_duration_buckets summed over its shards, and the same counts recomputed from the
+    incidents by the bucket indexes' own expressions (PostgreSQL; nothing on SQLite)."""
+    if engine.dialect.name != "postgresql":
+        return {}, {}
+    b, c = incident_duration_buckets.c, incidents.c
+    recomputed: Counter = Counter()
+    with engine.connect() as conn:
+        kept = {(row.day, row.bucket): (row.mtta, row.mttr) for row in conn.execute(
+            sa.select(b.day, b.bucket, sa.func.sum(b.mtta_count).label("mtta"), sa.func.sum(b.mttr_count).label("mttr"))
+            .group_by(b.day, b.bucket)) if row.mtta or row.mttr}
+        for k, (bucket, later) in enumerate(zip(DURATION_BUCKETS, (c.acknowledged_at, c.resolved_at), strict=True)):
+            for created, in_bucket in conn.execute(sa.select(c.created_at, bucket).where(later.is_not(None))):
+                recomputed[(created.date(), in_bucket, k)] += 1
+    return kept, {(day, bucket): (recomputed[(day, bucket, 0)], recomputed[(day, bucket, 1)])
+                  for day, bucket, _ in recomputed}
+
+
+def assert_derived_tables_exact(engine: sa.Engine) -> None:
+    kept, recomputed = kept_and_recomputed(engine)
+    assert kept == recomputed
+    kept, recomputed = buckets_kept_and_recomputed(engine)
+    assert kept == recomputed
+
+
 def assert_every_window(client, seeds: list[Seed]) -> None:
     for window in WINDOWS:
         for filters in FILTERS:
@@ -119,8 +145,7 @@ def assert_every_window(client, seeds: list[Seed]) -> None:
 def test_every_window_and_filter_matches_the_incidents_it_holds(client, app):
     seeds = many_days()
     insert(app, seeds)
-    kept, recomputed = kept_and_recomputed(app.extensions["engine"])
-    assert kept == recomputed
+    assert_derived_tables_exact(app.extensions["engine"])
     assert_every_window(client, seeds)
 
 
@@ -149,8 +174,7 @@ def test_changes_of_every_kind_keep_the_days_exact(client, app, clock):
         conn.execute(incidents.update().where(c.status == "acknowledged", c.severity == "low")
                      .values(acknowledged_at=None, status="open"))
         conn.execute(incidents.delete().where(c.severity == "medium", c.service == "payment-api"))
-    kept, recomputed = kept_and_recomputed(engine)
-    assert kept == recomputed
+    assert_derived_tables_exact(engine)
     assert_every_window(client, stored_seeds(engine))
 
 
@@ -167,8 +191,8 @@ def test_folding_the_shards_changes_no_answer(client, app):
     assert counts.fold_shards(engine) is True
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(d.shard != 0)).scalar_one() == 0
-    kept, recomputed = kept_and_recomputed(engine)
-    assert kept == recomputed
+        assert conn.execute(sa.select(sa.func.count()).where(incident_duration_buckets.c.shard != 0)).scalar_one() == 0
+    assert_derived_tables_exact(engine)
     assert_every_window(client, seeds)
     # After everything of a key is gone, its rows go too.
     with engine.begin() as conn:
@@ -176,6 +200,7 @@ def test_folding_the_shards_changes_no_answer(client, app):
     assert counts.fold_shards(engine) is True
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(incident_days)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(incident_duration_buckets)).scalar_one() == 0
 
 
 def test_whole_days_are_read_from_the_day_rows(client, app):
@@ -199,3 +224,34 @@ def test_a_new_incident_counts_in_its_day_at_once(client, app, clock):
             "title": "t", "service": "api", "severity": severity, "dedup_key": str(uuid.uuid4())}).status_code == 201
     body = analytics(client, since=at(3).isoformat(), until=at(4).isoformat())
     assert body["total_incidents"] == 4 and body["by_severity"] == dict.fromkeys(SEVERITIES, 1)
+
+
+def test_window_percentiles_are_found_from_the_bucket_rows(client, app, caplog):
+    """PostgreSQL: a window's percentiles come from the buckets' day rows: a count moved by hand from
+    one bucket to another (totals kept) changes the answer for a window holding that day whole, not
+    for one holding part of it; a count the day rows disagree with is not trusted (the window's
+    durations are sorted instead, and the disagreement is logged)."""
+    engine: sa.Engine = app.extensions["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite ranks from the durations' indexes")
+    seeds = [Seed("api", "high", at(2.5), mtta=seconds) for seconds in (10.0, 20.0, 40.0, 80.0, 160.0)]
+    insert(app, seeds)
+    truth = expected_analytics(seeds)["mtta_percentiles"]
+    assert_matches(analytics(client, since=at(2).isoformat())["mtta_percentiles"], truth)
+    b = incident_duration_buckets.c
+    with engine.connect() as conn:
+        low, high = conn.execute(sa.select(sa.func.min(b.bucket), sa.func.max(b.bucket))
+                                 .where(b.mtta_count > 0)).one()
+    extra = incident_duration_buckets.insert().values(day=at(2).date(), mttr_count=0)  # rows beside the 8 shards
+    with engine.begin() as conn:
+        for bucket, change in ((high, -1), (low, 1)):
+            conn.execute(extra.values(bucket=bucket, shard=100 + change, mtta_count=change))
+    moved = analytics(client, since=at(2).isoformat())["mtta_percentiles"]
+    assert moved["p99"] < truth["p99"], "the whole day's bucket sizes were read from their rows"
+    assert_matches(analytics(client, since=at(2, 1).isoformat())["mtta_percentiles"], truth)
+
+    with engine.begin() as conn:
+        conn.execute(extra.values(bucket=high, shard=102, mtta_count=5))
+    with caplog.at_level("WARNING", logger="incident_app.repository.analytics"):
+        assert_matches(analytics(client, since=at(2).isoformat())["mtta_percentiles"], truth)
+    assert "duration buckets disagree" in caplog.text

@@ -93,12 +93,18 @@ def test_explain_shows_the_plans_the_service_runs(bench_database):
         assert "Index Scan" in section and "Sort  " not in section.split("Limit", 1)[1]
     # Analytics never read the whole table: counts and sums from the day rows (with a window, the
     # partial first day from its range of the window index); with no filter each percentile's ranks
-    # from a duration's index, with a window its durations from the window index, sorted.
+    # from a duration's index; with a window alone the buckets' sizes from their day rows and the
+    # durations of the buckets holding the ranks from the bucket indexes; with a service as well
+    # its durations from the window index, sorted.
     for section in sections[5:]:
         assert "Seq Scan on incidents" not in section
         assert "on incident_days" in section
     assert "ix_incidents_mtta_seconds" in sections[5] and "ix_incidents_mttr_seconds" in sections[5]
     assert "ix_incidents_analytics_window" not in sections[5] and "percentile" not in sections[5]
+    assert "on incident_duration_buckets" in sections[6]
+    assert "Index Only Scan using ix_incidents_mtta_bucket" in sections[6]
+    assert "Index Only Scan using ix_incidents_mttr_bucket" in sections[6]
+    assert "incident_duration_buckets" not in sections[7] and "_bucket" not in sections[7]
     for section in sections[6:]:
         assert "Index Only Scan using ix_incidents_analytics_window" in section
         assert "percentile_disc" in section and "percentile_cont" not in section

@@ -25,9 +25,9 @@ from incident_app import migrate
 from incident_app.db import create_engine
 from incident_app.repository.analytics import AnalyticsFilters, incident_analytics
 from incident_app.settings import Settings
-from incident_app.tables import SCHEMA, metadata
+from incident_app.tables import SCHEMA, made_on, metadata
 from incident_app.transactions import transaction
-from tests.test_analytics_days import kept_and_recomputed
+from tests.test_analytics_days import buckets_kept_and_recomputed, kept_and_recomputed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIALECTS = ("sqlite", "postgresql")
@@ -115,7 +115,8 @@ def test_upgrade_from_empty_reaches_head(empty_database):
             assert migrate.is_current(conn)
             tables = set(sa.inspect(conn).get_table_names(schema=our_schema(engine)))
         assert {"incidents", "incident_alerts"} <= tables
-        assert tables - {"alembic_version"} == {t.name for t in metadata.sorted_tables}
+        made = {t.name for t in metadata.sorted_tables if made_on(t, engine.dialect.name)}
+        assert tables - {"alembic_version"} == made
     finally:
         engine.dispose()
 
@@ -196,6 +197,7 @@ def test_postgresql_defaults_fill_status_and_notes(empty_database):
 KEPT_BY_TRIGGERS = {
     "incident_counts": "service, severity, status",  # 0003
     "incident_days": "created_at, service, severity, status, acknowledged_at, resolved_at",  # 0011
+    "incident_duration_buckets": None,  # 0012, PostgreSQL only
 }
 
 
@@ -208,6 +210,9 @@ def test_derived_tables_are_kept_by_triggers_on_incidents(empty_database, kept):
             triggers = {name: d for name, d in triggers_on_incidents(conn).items() if name.startswith(f"{kept}_")}
     finally:
         engine.dispose()
+    if engine.dialect.name == "sqlite" and KEPT_BY_TRIGGERS[kept] is None:
+        assert triggers == {}
+        return
     if engine.dialect.name == "sqlite":
         # Row-level, SQLite has no other kind; an update counts only when a counted column changes.
         assert sorted(triggers) == [f"{kept}_after_{e}" for e in ("delete", "insert", "update")]
@@ -234,7 +239,10 @@ def _sqlite_metadata() -> sa.MetaData:
     """tables.py without its schema: on SQLite the engine maps `incidents` to the main database."""
     flat = sa.MetaData()
     for table in metadata.sorted_tables:
-        table.to_metadata(flat, schema=None, referred_schema_fn=lambda *_: sa.BLANK_SCHEMA)
+        if made_on(table, "sqlite"):
+            copy = table.to_metadata(flat, schema=None, referred_schema_fn=lambda *_: sa.BLANK_SCHEMA)
+            absent = {index.name for index in table.indexes if not made_on(index, "sqlite")}
+            copy.indexes -= {index for index in copy.indexes if index.name in absent}
     return flat
 
 
@@ -633,5 +641,55 @@ def test_0011_fills_the_days_from_the_incidents_already_there_and_downgrades(emp
             assert not [name for name in triggers_on_incidents(conn) if name.startswith("incident_days")]
         migrate.upgrade(settings)  # and up again
         assert kept_and_recomputed(engine)[0] == recomputed
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 0012: duration buckets
+
+
+def _bucket_objects(engine: sa.Engine) -> list[str]:
+    """The names of what 0012 makes on PostgreSQL: its functions, table, triggers and indexes."""
+    with engine.connect() as conn:
+        functions = conn.exec_driver_sql(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'incidents'::regnamespace"
+            " AND proname IN ('duration_bucket', 'apply_duration_bucket_deltas')").scalars().all()
+        triggers = [name for name in triggers_on_incidents(conn) if name.startswith("incident_duration_buckets")]
+        has_table = sa.inspect(conn).has_table("incident_duration_buckets", schema=SCHEMA)
+    indexes = {name for name in _index_names(engine) if name.endswith("_bucket")}
+    return sorted([*functions, *triggers, *indexes, *(["table"] if has_table else [])])
+
+
+@by_dialect
+def test_0012_fills_the_buckets_from_the_incidents_already_there_and_downgrades(empty_database):
+    settings, engine = at_revision(empty_database, "0011")
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        with engine.begin() as conn:  # written before 0012, over three days: MTTA n + 0.5 s, MTTR 100.25 s
+            conn.execute(incidents.insert(), [
+                {"id": uuid.UUID(int=n), "incident_id": f"inc-{n:016x}", "title": "t", "service": "api",
+                 "severity": "low", "status": "resolved" if n % 2 else "acknowledged", "notes": [],
+                 "created_at": NOW + timedelta(hours=14 * n), "updated_at": NOW,
+                 "acknowledged_at": NOW + timedelta(hours=14 * n, seconds=n + 0.5),
+                 "resolved_at": NOW + timedelta(hours=14 * n, seconds=100.25) if n % 2 else None}
+                for n in range(7)
+            ])
+        migrate.upgrade(settings)
+        made = _bucket_objects(engine) if postgres else []
+        assert len(made) == (2 + 4 + 2 + 1 if postgres else 0)  # functions, triggers, indexes, table
+        kept, recomputed = buckets_kept_and_recomputed(engine)
+        assert kept == recomputed and (len(kept) >= 7 if postgres else kept == {})
+        with engine.connect() as conn:
+            body = incident_analytics(conn, AnalyticsFilters(since=NOW + timedelta(hours=14)))
+        assert body["mtta_percentiles"]["p50"] == pytest.approx(4.0)  # of 1.5 … 6.5
+        assert body["mttr_percentiles"] == dict.fromkeys(("p50", "p90", "p95", "p99"), 100.25)
+
+        command.downgrade(migrate.alembic_config(settings), "0011")
+        if postgres:
+            assert _bucket_objects(engine) == []
+        migrate.upgrade(settings)  # and up again
+        assert buckets_kept_and_recomputed(engine) == (recomputed, recomputed)
+        assert (_bucket_objects(engine) if postgres else []) == made
     finally:
         engine.dispose()

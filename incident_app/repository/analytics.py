@@ -1,4 +1,4 @@
-"""Aggregates over incidents, computed by the database in two queries on either dialect.
+"""Aggregates over incidents, computed by the database in a few statements on either dialect.
 
 At a million rows the costs were the grouped pass and the percentiles' sort; what takes them away
 (docs/performance.md, "Analytics when every request is new"):
@@ -8,16 +8,21 @@ At a million rows the costs were the grouped pass and the percentiles' sort; wha
   and from the incidents for its partial first and last days, a range of the window index
   (migration 0008) with both durations already computed in it; at a million rows a 30-day window
   adds ~6,000 day rows instead of grouping ~245,000 incidents;
-- with a filter, PostgreSQL sorts the matching durations (read from the window index) as whole
-  microseconds in one scan for both, and the values at each percentile's ranks are interpolated as
-  percentile_cont does;
+- with a time window alone (PostgreSQL), nothing of the window is sorted: every duration falls in
+  one of migration 0012's fixed buckets, and how many of each the window holds (its whole days'
+  from incident_duration_buckets, its partial days' from the window index) says which bucket
+  holds each percentile's ranks; only those buckets' durations in the window are read, a range of
+  the bucket index each (a few thousand at a million rows), and sorted;
+- with a service or severity filter, PostgreSQL sorts the matching durations (read from the
+  window index) as whole microseconds in one scan for both, and the values at each percentile's
+  ranks are interpolated as percentile_cont does;
 - with no filter, nothing needs sorting: each duration has an index in its own order, and an exact
   percentile_cont is the value at rank ⌊p·(n−1)⌋ and the next, interpolated, read by walking that
-  index from its nearer end. SQLite, which lacks percentile_cont, always reads ranks this way.
-"""
+  index from its nearer end. SQLite, which lacks percentile_cont, always reads ranks this way."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +33,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from incident_app.lifecycle import SEVERITIES, STATUSES, UNRESOLVED
-from incident_app.tables import MTTA_SECONDS, MTTR_SECONDS, incident_days, incidents
+from incident_app.tables import (
+    DURATION_BUCKETS,
+    MTTA_SECONDS,
+    MTTR_SECONDS,
+    incident_days,
+    incident_duration_buckets,
+    incidents,
+)
+
+log = logging.getLogger(__name__)
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 MICROSECONDS = sa.literal(1_000_000.0, sa.Float)  # incident_days keeps whole microseconds
@@ -66,7 +80,6 @@ class AnalyticsFilters:
 
 
 def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str, Any]:
-    where = filters.clauses()
     groups = _groups(conn, filters)
 
     by_severity = dict.fromkeys(SEVERITIES, 0)
@@ -86,7 +99,7 @@ def incident_analytics(conn: Connection, filters: AnalyticsFilters) -> dict[str,
             acc[key] += getattr(row, key) or 0
 
     counts = [sum(a["mtta_n"] for a in sums.values()), sum(a["mttr_n"] for a in sums.values())]
-    mtta_percentiles, mttr_percentiles = _percentiles(conn, where, counts)
+    mtta_percentiles, mttr_percentiles = _percentiles(conn, filters, counts)
 
     def average(total: float, count: int) -> float | None:
         return _seconds(float(total) / count) if count else None
@@ -120,23 +133,15 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
     window's whole UTC days from incident_days (kept by migration 0011's triggers), its partial
     first and last days from the incidents themselves, in one statement."""
     c, d = incidents.c, incident_days.c
-    first, end = _whole_days(filters)
+    days, partial = _split_days(filters, d.day)
     parts: list[sa.Select] = []
-    if first is None or end is None or first < end:
-        days = [*filters.key_clauses(incident_days), *([d.day >= first] if first is not None else []),
-                *([d.day < end] if end is not None else [])]
+    if days is not None:
         parts.append(sa.select(
             d.service, d.severity, *(d[f"{status}_count"].label(status) for status in STATUSES),
             (d.mtta_us / MICROSECONDS).label("mtta_sum"), d.mtta_count.label("mtta_n"),
             (d.mttr_us / MICROSECONDS).label("mttr_sum"), d.mttr_count.label("mttr_n"),
-        ).where(*days))
-        ranges = [(filters.since, _midnight(first)), (_midnight(end), filters.until)]
-    else:  # no whole day: the window is one range of incidents
-        ranges = [(filters.since, filters.until)]
-    for since, until in ranges:
-        if since is None or until is None or since >= until:
-            continue  # no partial day on that side
-        window = AnalyticsFilters(filters.service, filters.severity, since, until)
+        ).where(*filters.key_clauses(incident_days), *days))
+    for window in partial:
         parts.append(sa.select(
             c.service, c.severity, *(_one_if(c.status == status).label(status) for status in STATUSES),
             MTTA_SECONDS.label("mtta_sum"), _one_if(c.acknowledged_at.is_not(None)).label("mtta_n"),
@@ -144,7 +149,7 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
         ).where(*window.clauses()))
     if not parts:
         return []  # an empty window
-    rows = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    rows = _union(parts)
     counted = (*STATUSES, "mtta_n", "mttr_n")
     return conn.execute(
         sa.select(
@@ -155,6 +160,28 @@ def _groups(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
         # a key whose incidents all moved away keeps rows of zeros until a fold
         .having(sum(sa.func.sum(rows.c[status]) for status in STATUSES) != 0)
     ).all()
+
+
+def _split_days(
+    filters: AnalyticsFilters, day: sa.Column
+) -> tuple[list[sa.ColumnElement[bool]] | None, list[AnalyticsFilters]]:
+    """The window as the UTC days it holds whole (clauses on the `day` column of a table by day,
+    None when there is no whole day) and its partial first and last days (windows of incidents)."""
+    first, end = _whole_days(filters)
+    if first is not None and end is not None and first >= end:  # no whole day: one range of incidents
+        ranges = [(filters.since, filters.until)]
+        days = None
+    else:
+        ranges = [(filters.since, _midnight(first)), (_midnight(end), filters.until)]
+        days = [*([day >= first] if first is not None else []), *([day < end] if end is not None else [])]
+    partial = [AnalyticsFilters(filters.service, filters.severity, since, until) for since, until in ranges
+               # None: no partial day on that side
+               if since is not None and until is not None and since < until]
+    return days, partial
+
+
+def _union(parts: list[sa.Select]) -> sa.Subquery:
+    return sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
 
 
 def _one_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -176,12 +203,17 @@ def _midnight(day: date | None) -> datetime | None:
     return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _percentiles(conn: Connection, where: list, counts: list[int]) -> list[dict[str, float | None]]:
+def _percentiles(conn: Connection, filters: AnalyticsFilters, counts: list[int]) -> list[dict[str, float | None]]:
     """The percentiles of each duration, in order; `counts` are how many values each has."""
-    if where and conn.dialect.name == "postgresql":
-        found = _sorted_percentiles(conn, where, counts)
-    else:
+    where = filters.clauses()
+    if not where or conn.dialect.name != "postgresql":
         found = _ranked_percentiles(conn, where, counts)
+    else:
+        found = None
+        if filters.service is None and filters.severity is None:
+            found = _bucketed_percentiles(conn, filters, counts)
+        if found is None:
+            found = _sorted_percentiles(conn, where, counts)
     return [{name: _seconds(v) for (name, _), v in zip(PERCENTILES, f, strict=True)} for f in found]
 
 
@@ -210,8 +242,95 @@ def _sorted_percentiles(conn: Connection, where: list, counts: list[int]) -> lis
             percentiles.append([None] * len(PERCENTILES))
             continue
         at = {rank: _date_part_seconds(value) for rank, value in zip(wanted, values, strict=True)}
-        percentiles.append([at[low] + (position - low) * (at[high] - at[low]) for position, low, high in around])
+        percentiles.append(_interpolated(around, at))
     return percentiles
+
+
+def _interpolated(around: list[tuple[float, int, int]], at: dict[int, float]) -> list[float]:
+    """percentile_cont's interpolation between the values `at` the ranks of each position."""
+    return [at[low] + (position - low) * (at[high] - at[low]) for position, low, high in around]
+
+
+def _bucketed_percentiles(
+    conn: Connection, filters: AnalyticsFilters, counts: list[int]
+) -> list[list[float | None]] | None:
+    """percentile_cont of a time window's durations without sorting them (PostgreSQL, no service or
+    severity filter): how many durations each bucket holds (migration 0012) says in which bucket
+    each rank lies and at which rank inside it; only those buckets' durations in the window are
+    read, a range of the bucket index each, and sorted. None if the buckets disagree with the
+    `counts` or with the incidents (only a hand-edited table could): the caller sorts instead."""
+    sizes = _bucket_sizes(conn, filters)
+    positions, located = [], []
+    for k in range(len(DURATIONS)):
+        buckets = [(row[0], row[1 + k]) for row in sizes if row[1 + k]]
+        if sum(size for _, size in buckets) != counts[k]:
+            log.warning("duration buckets disagree with the day rows (%s); percentiles sorted", filters)
+            return None
+        around = _positions(counts[k]) if counts[k] else []
+        positions.append(around)
+        located.append(_locate(buckets, {rank for _, low, high in around for rank in (low, high)}))
+    # One percentile_disc per (duration, bucket) read: (r + ½)/size lands on rank r inside it.
+    reads = [(k, bucket, size, sorted({inside for b, inside, _ in at.values() if b == bucket}))
+             for k, at in enumerate(located) for bucket, size in sorted({(b, size) for b, _, size in at.values()})]
+    found = conn.execute(sa.select(*(_bucket_values(filters, *read) for read in reads))).one() if reads else ()
+    if any(got is None for got in found):
+        log.warning("duration buckets disagree with the incidents (%s); percentiles sorted", filters)
+        return None
+    values = {(k, bucket, inside): value for (k, bucket, _, ranks), got in zip(reads, found, strict=True)
+              for inside, value in zip(ranks, got, strict=True)}
+    return [
+        _interpolated(around, {rank: values[(k, b, inside)] for rank, (b, inside, _) in at.items()})
+        if around else [None] * len(PERCENTILES)
+        for k, (around, at) in enumerate(zip(positions, located, strict=True))
+    ]
+
+
+def _bucket_values(filters: AnalyticsFilters, k: int, bucket: int, size: int, inside: list[int]) -> sa.ScalarSelect:
+    """The values at ranks `inside` of duration k's `size` values in `bucket` within the window."""
+    seconds, later = DURATIONS[k]
+    fractions = sa.literal([(rank + 0.5) / size for rank in inside], sa.ARRAY(sa.Float))
+    return (sa.select(sa.func.percentile_disc(fractions).within_group(seconds))
+            .where(*filters.clauses(), later.is_not(None), DURATION_BUCKETS[k] == bucket).scalar_subquery())
+
+
+def _locate(buckets: list[tuple[int, int]], ranks: set[int]) -> dict[int, tuple[int, int, int]]:
+    """For each 0-based rank among the values of `buckets` ((bucket, size) in bucket order): the
+    bucket holding it, its rank inside that bucket, and the bucket's size."""
+    at, wanted, before = {}, sorted(ranks), 0
+    for bucket, size in buckets:
+        while wanted and wanted[0] < before + size:
+            rank = wanted.pop(0)
+            at[rank] = (bucket, rank - before, size)
+        before += size
+    return at
+
+
+_BUCKET_COUNTS = ("mtta_count", "mttr_count")  # in DURATIONS' order
+
+
+def _bucket_sizes(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
+    """How many of the window's durations each bucket holds, in bucket order, a column per duration
+    (mtta_count, mttr_count): its whole days' from incident_duration_buckets (kept by migration
+    0012's triggers), its partial days' from the incidents (window index)."""
+    b = incident_duration_buckets.c
+    days, partial = _split_days(filters, b.day)
+    parts: list[sa.Select] = []
+    if days is not None:
+        parts.append(sa.select(b.bucket, b.mtta_count, b.mttr_count).where(*days))
+    for window in partial:
+        for k, ((_, later), bucket) in enumerate(zip(DURATIONS, DURATION_BUCKETS, strict=True)):
+            parts.append(sa.select(
+                bucket.label("bucket"),
+                *(sa.literal(int(i == k), sa.BigInteger).label(count) for i, count in enumerate(_BUCKET_COUNTS)),
+            ).where(*window.clauses(), later.is_not(None)))
+    if not parts:
+        return []
+    rows = _union(parts)
+    return conn.execute(
+        sa.select(rows.c.bucket, *(sa.cast(sa.func.sum(rows.c[count]), sa.BigInteger).label(count)
+                                   for count in _BUCKET_COUNTS))
+        .group_by(rows.c.bucket).order_by(rows.c.bucket)
+    ).all()
 
 
 _DAY_US = 86_400_000_000

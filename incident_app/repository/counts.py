@@ -1,4 +1,5 @@
-"""Upkeep of incident_counts and incident_days, the triggers' exact totals (migrations 0003, 0011)."""
+"""Upkeep of incident_counts, incident_days and incident_duration_buckets, the triggers' exact totals
+(migrations 0003, 0011, 0012)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,19 @@ def _fold(table: str, key: tuple[str, ...], sums: tuple[str, ...]) -> sa.TextCla
 """)
 
 
-# The tables the triggers keep in shards: incident_counts (0003) and incident_days (0011).
+# The tables the triggers keep in shards: incident_counts (0003), incident_days (0011) and
+# incident_duration_buckets (0012).
 _FOLDS = [
     _fold("incident_counts", ("service", "severity", "status"), ("count",)),
     _fold("incident_days", ("day", "service", "severity"),
           ("open_count", "acknowledged_count", "resolved_count", "mtta_us", "mtta_count", "mttr_us", "mttr_count")),
+    _fold("incident_duration_buckets", ("day", "bucket"), ("mtta_count", "mttr_count")),
 ]
 # A key's count is zero only when no incident has it, and then its sums are zero as well.
 _DROP_ZEROS = [
     sa.text(f"DELETE FROM {SCHEMA}.incident_counts WHERE count = 0"),
     sa.text(f"DELETE FROM {SCHEMA}.incident_days WHERE open_count + acknowledged_count + resolved_count = 0"),
+    sa.text(f"DELETE FROM {SCHEMA}.incident_duration_buckets WHERE mtta_count = 0 AND mttr_count = 0"),
 ]
 
 
