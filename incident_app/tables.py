@@ -393,7 +393,7 @@ incident_duration_buckets = sa.Table(
     metadata,
     sa.Column("day", sa.Date(), primary_key=True),
     sa.Column("bucket", sa.Integer(), primary_key=True),
-    sa.Column("shard", sa.SmallInteger(), primary_key=True),  # as incident_counts'
+    sa.Column("shard", sa.Integer(), primary_key=True),  # the writing backend's pid; 0 once folded
     sa.Column("mtta_count", sa.BigInteger(), nullable=False),
     sa.Column("mttr_count", sa.BigInteger(), nullable=False),
     schema=SCHEMA,

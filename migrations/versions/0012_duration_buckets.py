@@ -45,7 +45,11 @@ TRIGGERS = {
     "DELETE": ("incident_duration_buckets_after_delete", "REFERENCING OLD TABLE AS old_rows"),
     "TRUNCATE": ("incident_duration_buckets_after_truncate", ""),
 }
-SHARDS = 8  # as 0003 and 0011: a key's row is spread over 8 by a byte of the incident's random id
+# A key's rows are spread by the backend that writes them (its pid; 0 once folded): an acknowledge
+# falls in its day's bucket of about a minute with every other one of the moment, so shards by the
+# incident's id, as 0003's and 0011's, would have concurrent acknowledges queue on the same rows
+# until they commit. One backend runs one transaction at a time: no writer ever waits for another.
+SHARD = "pg_backend_pid()"
 
 
 def _seconds(later: str) -> str:
@@ -61,13 +65,13 @@ RETURN width_bucket(seconds, '{{{",".join(repr(t) for t in THRESHOLDS)}}}'::doub
 """
 
 
-def _deltas(table: str, sign: int) -> str:
+def _deltas(table: str, sign: int, shard: str = SHARD) -> str:
     parts = []
     for name, later in DURATIONS.items():
         counts = ", ".join(f"{sign if count == f'{name}_count' else 0} AS {count}" for count in COUNTS)
         parts.append(
             f"SELECT (created_at AT TIME ZONE 'UTC')::date AS day, {BUCKET_FUNCTION}({_seconds(later)}) AS bucket,"
-            f" get_byte(uuid_send(id), 15) % {SHARDS} AS shard, {counts} FROM {table} WHERE {later} IS NOT NULL"
+            f" {shard} AS shard, {counts} FROM {table} WHERE {later} IS NOT NULL"
         )
     return " UNION ALL ".join(parts)
 
@@ -80,8 +84,6 @@ def _upsert_deltas(source: str) -> str:
         GROUP BY {key}
         -- A change that moves no duration (a note, an assignment, a create) adds nothing.
         HAVING ({sums}) <> ({", ".join("0" for _ in COUNTS)})
-        -- Each statement locks its rows in one order, so concurrent transitions cannot deadlock.
-        ORDER BY {key}
         ON CONFLICT ({key}) DO UPDATE SET
             {", ".join(f"{count} = {TABLE}.{count} + EXCLUDED.{count}" for count in COUNTS)};"""
 
@@ -114,7 +116,7 @@ def upgrade() -> None:
         TABLE,
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("bucket", sa.Integer(), nullable=False),
-        sa.Column("shard", sa.SmallInteger(), nullable=False),
+        sa.Column("shard", sa.Integer(), nullable=False),
         *(sa.Column(count, sa.BigInteger(), nullable=False) for count in COUNTS),
         sa.PrimaryKeyConstraint(*KEY, name=f"pk_{TABLE}"),
         schema=SCHEMA,
@@ -125,7 +127,7 @@ def upgrade() -> None:
             f"CREATE TRIGGER {trigger} AFTER {event} ON {SCHEMA}.incidents {referencing}"
             f" FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
         )
-    op.execute(_upsert_deltas(_deltas(f"{SCHEMA}.incidents", 1)))
+    op.execute(_upsert_deltas(_deltas(f"{SCHEMA}.incidents", 1, shard="0")))  # as folded
     for name, later in DURATIONS.items():
         op.create_index(
             f"ix_incidents_{name}_bucket", "incidents",
