@@ -53,13 +53,13 @@ _DROP_ZEROS = [
 
 
 def fold_shards(engine: Engine) -> bool:
-    """Fold every key's shards back into its shard 0, in incident_counts and incident_days; False
-    when a writer held a row too long.
+    """Fold every key's shards back into its shard 0, in each table the triggers keep; False when a
+    writer held a row too long.
 
-    Writers spread a key over up to 8 rows so that concurrent ones rarely wait on each other; once
-    they are done, a list's total would still sum all of them. Folded, it sums one row per
-    (service, severity, status) that has incidents: up to 8 times fewer. Writers make the shards
-    they need again.
+    Writers spread a key over up to 8 rows (the duration buckets: a row per writing backend) so
+    that concurrent ones rarely wait on each other; once they are done, a list's total would still
+    sum all of them. Folded, it sums one row per (service, severity, status) that has incidents: up
+    to 8 times fewer. Writers make the shards they need again.
 
     This side always yields: past FOLD_LOCK_TIMEOUT_MS of waiting it gives up (and rolls back), so a
     writer waits on it briefly at most and can never end in a deadlock with it. SQLite has one shard.
