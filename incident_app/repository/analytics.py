@@ -272,7 +272,8 @@ def _bucketed_percentiles(
     # One percentile_disc per (duration, bucket) read: (r + ½)/size lands on rank r inside it.
     reads = [(k, bucket, size, sorted({inside for b, inside, _ in at.values() if b == bucket}))
              for k, at in enumerate(located) for bucket, size in sorted({(b, size) for b, _, size in at.values()})]
-    found = conn.execute(sa.select(*(_bucket_values(filters, *read) for read in reads))).one() if reads else ()
+    where = filters.clauses()
+    found = conn.execute(sa.select(*(_bucket_values(where, *read) for read in reads))).one() if reads else ()
     if any(got is None for got in found):
         log.warning("duration buckets disagree with the incidents (%s); percentiles sorted", filters)
         return None
@@ -285,12 +286,13 @@ def _bucketed_percentiles(
     ]
 
 
-def _bucket_values(filters: AnalyticsFilters, k: int, bucket: int, size: int, inside: list[int]) -> sa.ScalarSelect:
-    """The values at ranks `inside` of duration k's `size` values in `bucket` within the window."""
+def _bucket_values(where: list, k: int, bucket: int, size: int, inside: list[int]) -> sa.ScalarSelect:
+    """The values at ranks `inside` of duration k's `size` values in `bucket` within the window
+    (`where`, the filters' clauses)."""
     seconds, later = DURATIONS[k]
     fractions = sa.literal([(rank + 0.5) / size for rank in inside], sa.ARRAY(sa.Float))
     return (sa.select(sa.func.percentile_disc(fractions).within_group(seconds))
-            .where(*filters.clauses(), later.is_not(None), DURATION_BUCKETS[k] == bucket).scalar_subquery())
+            .where(*where, later.is_not(None), DURATION_BUCKETS[k] == bucket).scalar_subquery())
 
 
 def _locate(buckets: list[tuple[int, int]], ranks: set[int]) -> dict[int, tuple[int, int, int]]:
@@ -316,7 +318,7 @@ def _bucket_sizes(conn: Connection, filters: AnalyticsFilters) -> Sequence[Row]:
     days, partial = _split_days(filters, b.day)
     parts: list[sa.Select] = []
     if days is not None:
-        parts.append(sa.select(b.bucket, b.mtta_count, b.mttr_count).where(*days))
+        parts.append(sa.select(b.bucket, *(b[count] for count in _BUCKET_COUNTS)).where(*days))
     for window in partial:
         for k, ((_, later), bucket) in enumerate(zip(DURATIONS, DURATION_BUCKETS, strict=True)):
             parts.append(sa.select(
