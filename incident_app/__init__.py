@@ -23,6 +23,7 @@ from incident_app.errors import register_error_handlers
 from incident_app.escalation import Escalator
 from incident_app.feed.hub import FeedHub
 from incident_app.feed.metrics import StreamMetrics
+from incident_app.feed.notifier import NOTIFY_AFTER_COMMIT, CommitNotifier
 from incident_app.flows import IncidentOpening
 from incident_app.idempotency import IdempotencyKeys
 from incident_app.logs import configure_logging, install_request_logging
@@ -80,7 +81,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     stream.init_app(app, api)  # after the key check, so a WebSocket without a key is a 401 first
     install_cors(app, settings)
 
-    engine = create_engine(settings)
+    # PostgreSQL: the feed's NOTIFY after each write's commit, not inside it (feed/notifier.py).
+    engine = create_engine(settings, options=NOTIFY_AFTER_COMMIT)
+    feed_notifier = None if settings.is_sqlite else CommitNotifier(create_engine(replace(settings, db_pool_max=1)))
+    if feed_notifier is not None:
+        feed_notifier.watch(engine)
     http = peer_pools()
     metrics = IncidentMetrics(settings)
     install_http_metrics(app, metrics)
@@ -115,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # (not the pool's); on SQLite the process polls its own database instead.
     listen_engine = None if settings.is_sqlite else create_engine(replace(settings, db_pool_max=1))
     app.extensions.update(
-        feed=FeedHub(engine=engine, listen_engine=listen_engine),
+        feed=FeedHub(engine=engine, listen_engine=listen_engine, notifier=feed_notifier),
         stream_metrics=StreamMetrics(metrics.registry),
     )
     app.extensions.update(

@@ -73,7 +73,8 @@ def within(seconds: float, error: Exception) -> Iterator[None]:
         yield
 
 
-def create_engine(settings: Settings) -> Engine:
+def create_engine(settings: Settings, *, options: str = "") -> Engine:
+    """The engine of `settings`; on PostgreSQL its sessions get `options` after SESSION_OPTIONS."""
     if settings.is_sqlite:
         return _sqlite_engine(settings)
     engine = sa.create_engine(
@@ -90,7 +91,7 @@ def create_engine(settings: Settings) -> Engine:
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": settings.service_name[:63],
-            "options": SESSION_OPTIONS,
+            "options": SESSION_OPTIONS + options,
             "keepalives": 1,
             "keepalives_idle": 30,
             "keepalives_interval": 10,

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -34,6 +34,9 @@ from incident_app.feed.cursor import Cursor
 from incident_app.feed.document import event_head, event_text, websocket_message
 from incident_app.repository import feed as feed_queries
 from incident_app.transactions import reading
+
+if TYPE_CHECKING:
+    from incident_app.feed.notifier import CommitNotifier
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +209,13 @@ class Follower:
 
 class FeedHub:
     def __init__(
-        self, *, engine: Engine, listen_engine: Engine | None, on_followers: Callable[[int], None] | None = None,
+        self, *, engine: Engine, listen_engine: Engine | None, notifier: CommitNotifier | None = None,
+        on_followers: Callable[[int], None] | None = None,
         batch: int = BATCH, queue_limit: int = QUEUE_LIMIT, send_interval: float = SEND_INTERVAL,
     ) -> None:
         self.engine = engine
         self.listen_engine = listen_engine  # None on SQLite
+        self.notifier = notifier  # the process's writes' NOTIFY (feed/notifier.py), closed with the hub
         self.batch = batch
         self.queue_limit = queue_limit
         self.send_interval = send_interval
@@ -282,6 +287,8 @@ class FeedHub:
             self._thread.join(5)
         if self.listen_engine is not None:
             self.listen_engine.dispose()
+        if self.notifier is not None:
+            self.notifier.close()
 
     def _run(self) -> None:
         delay = 0.5
