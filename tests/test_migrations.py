@@ -7,6 +7,7 @@ behaviour (the chain), and its cases share the schema comparison."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 
 from incident_app import migrate
 from incident_app.db import create_engine
+from incident_app.feed.notifier import NOTICE
 from incident_app.repository.analytics import AnalyticsFilters, incident_analytics
 from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, made_on, metadata
@@ -691,5 +693,59 @@ def test_0012_fills_the_buckets_from_the_incidents_already_there_and_downgrades(
         migrate.upgrade(settings)  # and up again
         assert buckets_kept_and_recomputed(engine) == (recomputed, recomputed)
         assert (_bucket_objects(engine) if postgres else []) == made
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 0013: NOTIFY after commit
+
+
+def _notified_or_told(engine: sa.Engine, incident_pk: uuid.UUID) -> tuple[list[int], list[str]]:
+    """An event inserted in a session that notifies after commit: the pids of the notifications
+    its commit sent to a listener, and the session's notices."""
+    raw = engine.raw_connection()
+    listening = engine.raw_connection()
+    try:
+        listening.driver_connection.autocommit = True
+        listening.cursor().execute("LISTEN incident_feed")
+        # Pooled connections: what an earlier call left on them is not this call's.
+        listening.driver_connection.notifies.clear()
+        raw.driver_connection.notices.clear()
+        cursor = raw.cursor()
+        cursor.execute("SELECT set_config('incident_feed.notify', 'after_commit', false), pg_backend_pid()")
+        pid = cursor.fetchone()[1]
+        cursor.execute(f"INSERT INTO {SCHEMA}.incident_events (incident_id, type, details, created_at)"
+                       " VALUES (%s, 'note_added', '{}', now())", (str(incident_pk),))
+        raw.commit()
+        driver = listening.driver_connection
+        deadline = time.monotonic() + 1.0  # a notification comes at once; none comes in a second
+        while not driver.notifies and time.monotonic() < deadline:
+            if select.select([driver], [], [], deadline - time.monotonic())[0]:
+                driver.poll()
+        pids = [notify.pid for notify in driver.notifies]
+        assert set(pids) <= {pid}
+        return pids, list(raw.driver_connection.notices)
+    finally:
+        raw.close()
+        listening.close()
+
+
+@postgresql_only
+def test_0013_has_the_services_sessions_told_instead_of_notifying_and_downgrades(empty_database):
+    settings, engine = at_revision(empty_database, "0012")
+    incidents = metadata.tables[f"{SCHEMA}.incidents"]
+    try:
+        with engine.begin() as conn:
+            conn.execute(incidents.insert(), {
+                "id": uuid.UUID(int=1), "incident_id": "inc-1", "title": "t", "service": "api", "severity": "low",
+                "status": "open", "notes": [], "created_at": NOW, "updated_at": NOW})
+        pids, notices = _notified_or_told(engine, uuid.UUID(int=1))
+        assert len(pids) == 1 and notices == []  # 0005's trigger: the commit notifies
+        migrate.upgrade(settings)
+        pids, notices = _notified_or_told(engine, uuid.UUID(int=1))
+        assert pids == [] and notices == [f"NOTICE:  {NOTICE}\n"]
+        command.downgrade(migrate.alembic_config(settings), "0012")
+        pids, notices = _notified_or_told(engine, uuid.UUID(int=1))
+        assert len(pids) == 1 and notices == []
     finally:
         engine.dispose()
