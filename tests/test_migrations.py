@@ -7,7 +7,6 @@ behaviour (the chain), and its cases share the schema comparison."""
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from incident_app.settings import Settings
 from incident_app.tables import SCHEMA, made_on, metadata
 from incident_app.transactions import transaction
 from tests.test_analytics_days import buckets_kept_and_recomputed, kept_and_recomputed
+from tests.test_feed_notify import Listener
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIALECTS = ("sqlite", "postgresql")
@@ -703,31 +703,22 @@ def test_0012_fills_the_buckets_from_the_incidents_already_there_and_downgrades(
 def _notified_or_told(engine: sa.Engine, incident_pk: uuid.UUID) -> tuple[list[int], list[str]]:
     """An event inserted in a session that notifies after commit: the pids of the notifications
     its commit sent to a listener, and the session's notices."""
+    listener = Listener(engine.url.render_as_string(hide_password=False))
     raw = engine.raw_connection()
-    listening = engine.raw_connection()
     try:
-        listening.driver_connection.autocommit = True
-        listening.cursor().execute("LISTEN incident_feed")
-        # Pooled connections: what an earlier call left on them is not this call's.
-        listening.driver_connection.notifies.clear()
-        raw.driver_connection.notices.clear()
+        raw.driver_connection.notices.clear()  # a pooled connection: an earlier call's are not this one's
         cursor = raw.cursor()
         cursor.execute("SELECT set_config('incident_feed.notify', 'after_commit', false), pg_backend_pid()")
         pid = cursor.fetchone()[1]
         cursor.execute(f"INSERT INTO {SCHEMA}.incident_events (incident_id, type, details, created_at)"
                        " VALUES (%s, 'note_added', '{}', now())", (str(incident_pk),))
         raw.commit()
-        driver = listening.driver_connection
-        deadline = time.monotonic() + 1.0  # a notification comes at once; none comes in a second
-        while not driver.notifies and time.monotonic() < deadline:
-            if select.select([driver], [], [], deadline - time.monotonic())[0]:
-                driver.poll()
-        pids = [notify.pid for notify in driver.notifies]
+        pids = listener.senders(within=1.0)  # a notification comes at once; none comes in a second
         assert set(pids) <= {pid}
         return pids, list(raw.driver_connection.notices)
     finally:
         raw.close()
-        listening.close()
+        listener.close()
 
 
 @postgresql_only
