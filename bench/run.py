@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -117,9 +118,28 @@ def scenarios(rows: int, now: datetime) -> list[Scenario]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port that nothing listens on, for a server about to start on every interface.
+
+    Chosen below the kernel's ephemeral range: a port that bind(0) handed out and this closed is
+    the next local port of any outgoing connection meanwhile (a pool's, a proxy's), and gunicorn,
+    finding it in use, retries for 5 s and exits."""
+    first_ephemeral = _first_ephemeral_port()
+    for _ in range(200):
+        port = random.randrange(10_000, first_ephemeral) if first_ephemeral > 10_001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 class Process:

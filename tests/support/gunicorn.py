@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,9 @@ from pathlib import Path
 
 import requests
 
+from bench.run import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class GunicornService:
@@ -59,7 +54,7 @@ class GunicornService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}; log: {self.log_path}")
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}; {self._log_tail()}")
             try:
                 if requests.get(f"{self.url}{until}", timeout=1).status_code == 200:
                     return self
@@ -67,7 +62,14 @@ class GunicornService:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {timeout}s; log: {self.log_path}")
+        raise RuntimeError(f"gunicorn did not answer within {timeout}s; {self._log_tail()}")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        """The log's last lines, for a failure's message: CI keeps the output, not the file."""
+        if self.log_path is None or not self.log_path.exists():
+            return "no log"
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"log {self.log_path}, last lines:\n" + "\n".join(tail)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

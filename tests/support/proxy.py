@@ -7,6 +7,8 @@ import contextlib
 import socket
 import threading
 
+from bench.run import free_port
+
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -15,10 +17,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._silent = False
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        # Outside the ephemeral range: while cut, no outgoing connection may take the port.
+        self.port = free_port()
         self.restore()
 
     def silence(self) -> None:
