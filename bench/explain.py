@@ -52,7 +52,8 @@ def explain_report(url: str, rows: int, now: datetime) -> str:
     deep = min(10_000, rows // 2)
     def page(offset: int = 0, **filters: str):
         # The statement the service runs for a list on PostgreSQL, planned as the service plans it.
-        return ["enable_seqscan = on"], lambda c: PostgresStore.page_json(c, ListFilters(**filters), limit=50, offset=offset)
+        return ["enable_seqscan = on"], lambda c: PostgresStore.page_json(c, ListFilters(**filters), limit=50,
+                                                                          offset=offset)
 
     def analysed(filters: analytics.AnalyticsFilters):
         # Under the store's settings for analytics (PostgresStore.analytics).

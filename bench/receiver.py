@@ -10,6 +10,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -33,10 +34,8 @@ def receiver_app(environ, start_response):
     if message_id in seen:
         repeated += 1
     seen.add(message_id)
-    try:
+    with contextlib.suppress(ValueError, KeyError):
         delays.append(received - datetime.fromisoformat(json.loads(body)["created_at"]).timestamp())
-    except (ValueError, KeyError):
-        pass
     start_response("204 No Content", [])
     return [b""]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 import tempfile
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,14 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench import cpu, seed  # noqa: E402
 from bench.run import (  # noqa: E402
-    ADMIN_URL, STORM_KEYS, Process, Scenario, ensure_wrk, run_wrk, start_service, wrk_script,
+    ADMIN_URL,
+    STORM_KEYS,
+    Process,
+    Scenario,
+    ensure_wrk,
+    run_wrk,
+    start_service,
+    wrk_script,
 )
 
 SCENARIOS = {

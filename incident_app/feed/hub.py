@@ -23,7 +23,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -210,7 +210,6 @@ class Follower:
 class FeedHub:
     def __init__(
         self, *, engine: Engine, listen_engine: Engine | None, notifier: CommitNotifier | None = None,
-        on_followers: Callable[[int], None] | None = None,
         batch: int = BATCH, queue_limit: int = QUEUE_LIMIT, send_interval: float = SEND_INTERVAL,
     ) -> None:
         self.engine = engine

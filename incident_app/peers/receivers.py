@@ -10,6 +10,7 @@ certificate's check), since urllib3 sends and checks the name it was given, not 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import time
@@ -121,9 +122,8 @@ class ReceiverClient:
                             timeout=self._timeout, decode_content=False)
         except (HTTPError, OSError):
             return None
-        try:
-            # Read so that the connection can be reused; a reply too long or too slow is dropped.
+        # Read so that the connection can be reused; a reply too long or too slow is dropped: the
+        # status came, and a reply cut short does not change it.
+        with contextlib.suppress(HTTPError, OSError):
             read_reply(response, limit=self.max_reply_bytes, deadline=deadline, decode_content=False)
-        except (HTTPError, OSError):
-            pass  # the status came: a reply cut short does not change it
         return response.status

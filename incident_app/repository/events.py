@@ -11,8 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from incident_app.statements import Bound, prefixed, unnest_arrays
 from incident_app.repository.items import item_json
+from incident_app.statements import Bound, prefixed, unnest_arrays
 from incident_app.tables import incident_events, incidents
 
 COLUMNS = ("incident_id", "type", "actor", "details", "created_at")
@@ -78,7 +78,8 @@ def parameters(
     with a source, which gives their incident itself."""
     left_out = {"incident_id"} if of_source else set()
     return {name: value for index, e in enumerate(events)
-            for name, value in prefixed({k: v for k, v in e.items() if k not in left_out}, f"{prefix}_{index}_").items()}
+            for name, value in prefixed({k: v for k, v in e.items() if k not in left_out},
+                                        f"{prefix}_{index}_").items()}
 
 
 def with_incident(rows: sa.Select) -> sa.Insert:

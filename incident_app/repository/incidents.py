@@ -286,8 +286,8 @@ def assign_if_unassigned(
     assigned, assigned_event = _assign_if_unassigned(postgres)
     if postgres:
         # One statement: the event is written from the UPDATE's RETURNING, so only when it assigned.
-        rows = execute_together(conn, Bound(assigned, parameters),
-                                Bound(assigned_event, events.parameters([event], "assigned", of_source=True)), *together)
+        event_values = events.parameters([event], "assigned", of_source=True)
+        rows = execute_together(conn, Bound(assigned, parameters), Bound(assigned_event, event_values), *together)
     else:
         rows = conn.execute(assigned, parameters).all()
         for statement in (events.insert_events(event, dialect=conn.dialect.name) if rows else None, *together):

@@ -108,7 +108,8 @@ def alert_json_text(
         return linked
     known = {"alert_id": link.linked_alert_id, "linked_at": rfc3339_text(link.linked_at),
              "service": link.alert_service, "severity": link.alert_severity, "message": link.alert_message,
-             "timestamp": rfc3339_text(link.alert_timestamp), "url": sa.func.concat(sa.cast(url_prefix, sa.Text), alert_id)}
+             "timestamp": rfc3339_text(link.alert_timestamp),
+             "url": sa.func.concat(sa.cast(url_prefix, sa.Text), alert_id)}
     return sa.case((link.alert_known, sa.cast(_json_object(known), sa.Text)), else_=linked)
 
 
