@@ -34,6 +34,14 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)  # sent besides Content-Type and -Length
 
 
+class _PeerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver listens with a backlog of 5: when 30 simultaneous creates open connections to a
+    # peer at once, the SYNs beyond it are dropped and retried after 1 s, then 3 s, past the service's
+    # client timeout in the tests (2 s), and a page fails that a real peer would have taken.
+    request_queue_size = 128
+
+
 @dataclass
 class FakePeer:
     """Answers every request with the current behaviour and records what it was sent."""
@@ -85,8 +93,7 @@ class FakePeer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _PeerServer(("127.0.0.1", 0), Handler)
         if self.tls is not None:
             self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
