@@ -61,8 +61,9 @@ def test_create_is_two_statements_each_committing_by_itself(client, sent, oncall
     created = client.post("/api/v1/incidents", json=body)
     assert created.status_code == 201
     assert created.json["assigned_to"] == "alice@example.com"
-    # The incident with its link, timeline and notification; then assignment and delivery together.
-    assert sent == [("WITH", True), ("WITH", True)]
+    # The incident with its link, timeline and notification; then assignment and delivery together
+    # (both prepared: the same shape for any number of creates).
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
     events = [e["type"] for e in client.get(f"/api/v1/incidents/{created.json['incident_id']}/events").json["events"]]
     assert events == ["created", "alerts_linked", "assigned", "notified"]
 
@@ -71,7 +72,7 @@ def test_create_without_anyone_on_call_is_two_statements(client, sent, oncall, n
     oncall.respond(404, {"code": 404, "status": "Not Found", "message": "no schedule"})
     created = client.post("/api/v1/incidents", json=NEW)
     assert (created.status_code, created.json["assigned_to"]) == (201, None)
-    assert sent == [("WITH", True), ("WITH", True)]
+    assert executed(sent) == [("EXECUTE", True), ("EXECUTE", True)]
 
 
 def test_hot_paths_are_compiled_once_and_then_taken_from_sqlalchemys_cache(app, client, oncall, notifier):
@@ -259,7 +260,7 @@ def test_first_contacts_of_several_creates_are_recorded_in_one_statement(app, cl
         ))
     sent.clear()
     recorded = app.extensions["store"].record_first_contacts(contacts)
-    assert sent == [("WITH", True)]
+    assert executed(sent) == [("EXECUTE", True)]
     assert [row.assigned_to if row else None for row in recorded] == ["alice@example.com"] * 2 + [None]
     for incident_id, expected in zip(ids, ["alice@example.com", "alice@example.com", "carol"], strict=True):
         assert client.get(f"/api/v1/incidents/{incident_id}").json["assigned_to"] == expected
@@ -296,7 +297,7 @@ def test_a_batch_with_taken_dedup_keys_stores_the_others_in_one_statement(app, c
     new = [new_incident(i, 2, key) for i, key in enumerate(keys)]
     sent.clear()
     rows = app.extensions["store"].insert_many(new)
-    assert sent == [("WITH", True)]
+    assert executed(sent) == [("EXECUTE", True)]
     assert [row.incident_id if row else None for row in rows] == [
         None, "inc-0000000000000001", "inc-0000000000000002", None, "inc-0000000000000004", None,
         "inc-0000000000000006",
@@ -343,7 +344,7 @@ def test_new_incidents_of_several_creates_are_stored_in_one_statement(app, clien
     new = [new_incident(i, alert_count) for i, alert_count in enumerate((0, 1, 3))]
     sent.clear()
     rows = app.extensions["store"].insert_many(new)
-    assert sent == [("WITH", True)]
+    assert executed(sent) == [("EXECUTE", True)]
     assert [row.incident_id for row in rows] == [f"inc-{i:016x}" for i in range(3)]
     for incident, row in zip(new, rows, strict=True):
         document = client.get(f"/api/v1/incidents/{row.incident_id}").json

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row
 
+from incident_app.prepared import execute_prepared
 from incident_app.repository import events
 from incident_app.repository import outbox as outbox_queue
 from incident_app.repository.incidents import assign_if_unassigned
@@ -54,7 +55,8 @@ def record_many(conn: Connection, contacts: Sequence[FirstContact]) -> dict[uuid
     """Each incident gets its assignee, with an `assigned` event, unless it has one already (someone
     assigned it meanwhile: theirs stands); each notification is marked sent (if still pending) with
     its `notified` event. Returns the incidents it assigned, by primary key."""
-    rows = conn.execute(_RECORD, arrays([vars(contact) for contact in contacts], _INPUT, "")).all()
+    # Prepared, as insert_many: one shape for any number of contacts, planned once per connection.
+    rows = execute_prepared(conn, _RECORD, arrays([vars(contact) for contact in contacts], _INPUT, "")).all()
     return {row.id: row for row in rows}
 
 

@@ -59,7 +59,10 @@ def insert_many(conn: Connection, new: Sequence[NewIncident]) -> list[Row | None
         **arrays([incident.notification for incident in new], outbox_queue.ENQUEUED, "notification_"),
     }
     grouping = any(incident.values.get("dedup_key") is not None for incident in new)
-    stored = {row.id: row for row in conn.execute(_INSERT_DEDUPLICATED if grouping else _INSERT_NEW, parameters)}
+    # Prepared: one shape for any number of incidents (arrays), so PostgreSQL parses and plans its
+    # CTEs once per connection instead of for every batch; its plan does not depend on the values.
+    statement = _INSERT_DEDUPLICATED if grouping else _INSERT_NEW
+    stored = {row.id: row for row in execute_prepared(conn, statement, parameters)}
     return [stored.get(incident.values["id"]) for incident in new]
 
 
