@@ -4,6 +4,7 @@ committed; any other session still notifies from its own commit."""
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import time
@@ -13,7 +14,7 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from incident_app.feed.hub import CHANNEL
+from incident_app.feed.hub import CHANNEL, FeedFilters
 from incident_app.feed.notifier import NOTICE, CommitNotifier
 from tests.support.incidents import VALID
 
@@ -78,6 +79,44 @@ def test_the_services_writes_are_notified_by_its_own_connection_after_they_commi
         setting = conn.exec_driver_sql("SELECT current_setting('incident_feed.notify')").scalar_one()
         assert setting == "after_commit"
         assert backend_pid(notifier.engine) != conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+
+
+def wait_until(condition, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.01)
+
+
+@postgresql_only
+def test_the_relay_reads_nothing_while_nobody_follows_and_a_follower_from_now_gets_what_follows(app, client):
+    """With nobody following, a notification wakes the relay and it sends no statement (it used to
+    read where "now" is on every one); the first follower reads it as it joins."""
+    hub = app.extensions["feed"]
+    statements: list[str] = []
+    sa.event.listen(hub.listen_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    hub.start()
+    wait_until(lambda: hub.wakes >= 1)  # listening
+    statements.clear()
+    wakes = hub.wakes
+    before = client.post("/api/v1/incidents", json=VALID).get_json()["incident_id"]
+    wait_until(lambda: hub.wakes > wakes)
+    assert statements == []
+
+    follower = hub.follow(FeedFilters(), None)
+    try:
+        after = client.post("/api/v1/incidents", json=VALID).get_json()["incident_id"]
+        received: list[dict] = []
+        deadline = time.monotonic() + 5
+        for batch in follower.batches(heartbeat=0.1):
+            received += [json.loads(event.text) for event in batch]
+            if {"created", "notified"} <= {e["type"] for e in received} or time.monotonic() > deadline:
+                break
+    finally:
+        hub.leave(follower)
+    assert {e["incident_id"] for e in received} == {after} != {before}
+    assert {"created", "notified"} <= {e["type"] for e in received}
+    assert statements  # the relay read the follower's events
 
 
 @postgresql_only

@@ -226,6 +226,7 @@ class FeedHub:
         self._thread: threading.Thread | None = None
         self.stopping = False
         self.reconnects = 0
+        self.wakes = 0  # the relay's looks at the database: on start, each notification, each idle read
 
     # ------------------------------------------------------------------ followers
 
@@ -233,20 +234,27 @@ class FeedHub:
         """A new follower from `after` (None: from now). Starts the relay on first use."""
         if self.stopping:
             raise RuntimeError("the feed is stopping")
-        if self.cursor is None:
-            # "From now" is now, not when the relay's connection is up (a database down: a 503 here).
-            with reading(self.engine) as conn:
-                now = feed_queries.head(conn)
-            with self._lock:
-                self.cursor = self.cursor or now
+        now = self._now() if self.cursor is None else None
         self.start()
         # A follower joining a relay still connecting would wait for its first read: let it connect.
         self._relaying.wait(RELAY_START_WAIT)
-        with self._lock:
-            follower = Follower(self, filters, after if after is not None else self.cursor)
-            follower.replay_from = after
-            self._followers.add(follower)
-        return follower
+        while True:
+            with self._lock:
+                # The relay lets go of its position while nobody follows (_relay_available): the
+                # first follower of a moment gives it one, read before taking the lock.
+                if self.cursor is None and now is not None:
+                    self.cursor = now
+                if self.cursor is not None:
+                    follower = Follower(self, filters, after if after is not None else self.cursor)
+                    follower.replay_from = after
+                    self._followers.add(follower)
+                    return follower
+            now = self._now()
+
+    def _now(self) -> Cursor:
+        # "From now" is now, not when the relay's connection is up (a database down: a 503 here).
+        with reading(self.engine) as conn:
+            return feed_queries.head(conn)
 
     def leave(self, follower: Follower) -> None:
         with self._lock:
@@ -319,6 +327,7 @@ class FeedHub:
             conn.exec_driver_sql(f"LISTEN {CHANNEL}")
             while not self._stop.is_set():
                 held = self._relay_available(conn)
+                self.wakes += 1
                 self._relaying.set()
                 self._wait_for_notification(raw, HELD_RETRY if held else IDLE_READ_EVERY)
                 # Notifications of the next moment join this read: under a stream of writes each
@@ -341,16 +350,15 @@ class FeedHub:
 
     def _relay_available(self, conn: Connection) -> bool:
         """Relay every deliverable event after the relay's cursor; whether later ones are held back."""
+        with self._lock:
+            if not self._followers:
+                # Nobody to relay to: nothing is read or rendered, not even where "now" is (that was
+                # a statement per notification, a fiftieth of a worker's time under writes). The
+                # next follower reads it as it joins (follow); one with a cursor replays on its own.
+                self.cursor = None
+                return False
         if self.cursor is None:
             self.cursor = feed_queries.head(conn)
-        if not self._followers:
-            # Nobody to relay to: stand at "now" instead of reading and rendering what nobody wants.
-            # A follower that joins from here starts at now; one with a cursor replays on its own.
-            now = feed_queries.head(conn)
-            with self._lock:
-                if not self._followers:
-                    self.cursor = max(self.cursor, now)
-                    return False
         while True:
             page = feed_queries.read_after(conn, self.cursor, limit=self.batch)
             if page.rows:
