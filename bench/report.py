@@ -45,7 +45,7 @@ def markdown(document: dict[str, Any]) -> str:
         if "skipped" in row:
             lines.append(f"| {row['description']} | – | – | – | – | – | – | skipped: {row['skipped']} | | | |")
             continue
-        ratio = f"{row['ratio']:.0%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
+        ratio = f"{row['ratio']:.1%} of {row['ceiling'].removeprefix('ceiling_')}" if "ratio" in row else ""
         its_ceiling = f"{row['ceiling_rps']:,.0f}" if row.get("ceiling_rps") else ""
         targets = ("min_ratio", "max_p50_ms", "max_p99_ms", "min_rps")
         target = row.get("target", "") if any(row.get(t) is not None for t in targets) else ""
@@ -75,6 +75,7 @@ def chart(document: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     rows = [r for r in document["scenarios"] if "skipped" not in r]
     names = [r["name"] for r in rows]
@@ -93,10 +94,17 @@ def chart(document: dict[str, Any], path: Path) -> None:
     for position, row in zip(positions, rows, strict=False):
         if "ratio" in row:
             end = max(row["rps"], row.get("ceiling_rps") or 0)
-            left.annotate(f" {row['ratio']:.0%}", (end, position), va="center", fontsize=8)
+            left.annotate(f" {row['ratio']:.1%}", (end, position), va="center", fontsize=8)
     right.barh(positions, [r["p99_ms"] for r in rows], color=colours)
     right.set_xscale("log")
-    right.set_xlabel("p99 latency, ms (log scale)")
+    # Plain milliseconds at round values: matplotlib's labels of a log axis spanning less than two
+    # decades (3×10¹, 4×10¹ …) ran into each other.
+    low, high = right.get_xlim()
+    right.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if low <= t <= high])
+    right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    right.xaxis.set_minor_formatter(NullFormatter())
+    right.axvline(100, color="#7f7f7f", linewidth=0.8, linestyle="--")  # the p99 targets' 100 ms
+    right.set_xlabel("p99 latency, ms (log scale; dashed: 100 ms)")
     s = document["settings"]
     fig.suptitle(f"{s['rows']:,} incidents, {s['connections']} connections, 2 gevent workers — grey: the ceiling; "
                  "outline: the ceiling measured beside that scenario; % = bar / outline; red: target missed",
