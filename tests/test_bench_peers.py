@@ -3,36 +3,32 @@ speaks is its own, so what the service's clients send it, and what curl would, i
 
 from __future__ import annotations
 
+import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from bench.run import ROOT, Process, free_port
 from incident_app.peers.http import PeerClient, peer_pools
 from incident_app.peers.notify import NotificationClient
 from incident_app.peers.oncall import OnCallClient
-from tests.support.gunicorn import ROOT, free_port, stop_process_group
 
 
 @pytest.fixture(scope="module")
-def peers() -> Iterator[str]:
+def peers(tmp_path_factory) -> Iterator[str]:
+    """The stand-in started as the benchmark starts it."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(port)],
-                               start_new_session=True)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("bench/peers.py did not start") from None
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    stop_process_group(process)
+    url = f"http://127.0.0.1:{port}"
+    process = Process("peers", [sys.executable, str(ROOT / "bench" / "peers.py"), "--port", str(port)],
+                      dict(os.environ), tmp_path_factory.mktemp("peers"))
+    try:
+        process.wait_until_answers(f"{url}/api/v1/oncall/current?team=x", timeout=15)
+        yield url
+    finally:
+        process.stop()
 
 
 def exchange(url: str, *sends: bytes) -> bytes:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from incident_app.feed.hub import CHANNEL, FeedFilters
 from incident_app.feed.notifier import NOTICE, CommitNotifier
 from tests.support.incidents import VALID
+from tests.support.reliability import wait_until
 
 postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
@@ -81,13 +82,6 @@ def test_the_services_writes_are_notified_by_its_own_connection_after_they_commi
         assert backend_pid(notifier.engine) != conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
 
 
-def wait_until(condition, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "not within the deadline"
-        time.sleep(0.01)
-
-
 @postgresql_only
 def test_the_relay_reads_nothing_while_nobody_follows_and_a_follower_from_now_gets_what_follows(app, client):
     """With nobody following, a notification wakes the relay and it sends no statement (it used to
@@ -96,11 +90,11 @@ def test_the_relay_reads_nothing_while_nobody_follows_and_a_follower_from_now_ge
     statements: list[str] = []
     sa.event.listen(hub.listen_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     hub.start()
-    wait_until(lambda: hub.wakes >= 1)  # listening
+    assert wait_until(lambda: hub.wakes >= 1, timeout=5, every=0.01)  # listening
     statements.clear()
     wakes = hub.wakes
     before = client.post("/api/v1/incidents", json=VALID).get_json()["incident_id"]
-    wait_until(lambda: hub.wakes > wakes)
+    assert wait_until(lambda: hub.wakes > wakes, timeout=5, every=0.01)
     assert statements == []
 
     follower = hub.follow(FeedFilters(), None)

@@ -355,10 +355,9 @@ class FeedHub:
                 # Nobody to relay to: nothing is read or rendered, not even where "now" is (that was
                 # a statement per notification, a fiftieth of a worker's time under writes). The
                 # next follower reads it as it joins (follow); one with a cursor replays on its own.
+                # While anyone follows, the cursor is set: follow sets it as it adds the first.
                 self.cursor = None
                 return False
-        if self.cursor is None:
-            self.cursor = feed_queries.head(conn)
         while True:
             page = feed_queries.read_after(conn, self.cursor, limit=self.batch)
             if page.rows:
